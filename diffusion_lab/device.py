@@ -1,0 +1,14 @@
+"""Pick the best available device: CUDA, then Apple's MPS, then the CPU."""
+from __future__ import annotations
+
+import torch
+
+
+def get_device() -> torch.device:
+    """Return `cuda` if a GPU is visible, else `mps` on Apple silicon, else `cpu`."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -1,0 +1,107 @@
+"""Noise schedules: linear (Ho et al. 2020, Sec. 4) and cosine (Nichol & Dhariwal 2021, Eq. 17).
+
+Index convention (as in diffusers): integer t in [0, T-1] and
+alpha_bars[t] = prod_{s <= t} alphas[s], which is the paper's alpha_bar_{t+1}.
+Everything is computed in float64; `Schedule.at` casts to the caller's dtype and device.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import check_int, check_number, check_tensor
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A variance schedule. `betas`, `alphas`, `alpha_bars` are float64 tensors of length T."""
+
+    betas: torch.Tensor
+    name: str = "custom"
+
+    def __post_init__(self):
+        b = self.betas
+        check_tensor("betas", b)
+        if b.ndim != 1 or b.numel() < 1:
+            raise ValueError(f"betas must be a 1-D tensor with at least one entry, got shape {tuple(b.shape)}")
+        if bool((b <= 0).any()) or bool((b >= 1).any()):
+            raise ValueError(f"every beta must be in (0, 1), got min {b.min().item():.3g} and max {b.max().item():.3g}")
+        object.__setattr__(self, "betas", b.detach().to("cpu", torch.float64))
+
+    @property
+    def T(self) -> int:
+        return int(self.betas.numel())
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        return 1.0 - self.betas
+
+    @property
+    def alpha_bars(self) -> torch.Tensor:
+        return torch.cumprod(self.alphas, dim=0)
+
+    @property
+    def alpha_bars_prev(self) -> torch.Tensor:
+        """alpha_bar_{t-1}, with alpha_bar_{-1} = 1 (no noise before the first step)."""
+        return torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bars[:-1]])
+
+    @property
+    def posterior_variances(self) -> torch.Tensor:
+        """beta_tilde_t = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) (Ho et al. 2020, Eq. 7); 0 at t = 0."""
+        return self.betas * (1.0 - self.alpha_bars_prev) / (1.0 - self.alpha_bars)
+
+    @property
+    def snr(self) -> torch.Tensor:
+        """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t)."""
+        return self.alpha_bars / (1.0 - self.alpha_bars)
+
+    def check_t(self, t, name: str = "t", low: int = 0) -> torch.Tensor:
+        """Validate integer timesteps (an int or an integer tensor) and return them as a long tensor."""
+        if isinstance(t, torch.Tensor):
+            if t.dtype.is_floating_point or t.dtype == torch.bool:
+                raise TypeError(f"{name} must hold integer timesteps, got dtype {t.dtype}")
+            if t.numel() and (int(t.min()) < low or int(t.max()) > self.T - 1):
+                raise ValueError(f"{name} must be in [{low}, {self.T - 1}] (T = {self.T}), got values from {int(t.min())} to {int(t.max())}")
+            return t.long()
+        return torch.tensor(check_int(name, t, low=low, high=self.T - 1))
+
+    def at(self, values: torch.Tensor, t, like: torch.Tensor) -> torch.Tensor:
+        """Gather values[t] and shape it to broadcast against `like` (B, ...), in like's dtype and device."""
+        t = t if isinstance(t, torch.Tensor) else torch.tensor(t)
+        out = values[t.cpu().long()].to(device=like.device, dtype=like.dtype)
+        if out.ndim == 0:
+            return out
+        if out.shape[0] != like.shape[0]:
+            raise ValueError(f"t has {out.shape[0]} entries but the batch has {like.shape[0]}")
+        return out.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def linear_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
+    """betas linearly spaced from beta_start to beta_end (Ho et al. 2020)."""
+    T = check_int("T", T, low=1)
+    beta_start = check_number("beta_start", beta_start, low=0, high=1, low_open=True, high_open=True)
+    beta_end = check_number("beta_end", beta_end, low=0, high=1, low_open=True, high_open=True)
+    return Schedule(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), name="linear")
+
+
+def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
+    """alpha_bar(t) = f(t) / f(0), f(t) = cos^2(((t/T + s) / (1 + s)) pi/2); betas clipped at max_beta
+    (Nichol & Dhariwal 2021, Eq. 17; diffusers' "squaredcos_cap_v2")."""
+    T = check_int("T", T, low=1)
+    s = check_number("s", s, low=0)
+    max_beta = check_number("max_beta", max_beta, low=0, high=1, low_open=True, high_open=True)
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(min=1e-12, max=max_beta)
+    return Schedule(betas, name="cosine")
+
+
+def make_schedule(name: str = "linear", T: int = 1000) -> Schedule:
+    """A schedule by name ("linear" or "cosine") with its default parameters."""
+    if name == "linear":
+        return linear_schedule(T)
+    if name == "cosine":
+        return cosine_schedule(T)
+    raise ValueError(f"schedule name must be 'linear' or 'cosine', got {name!r}")
