@@ -5,5 +5,6 @@ from .schedules import Schedule, cosine_schedule, linear_schedule, make_schedule
 from .forward import posterior_coefficients, predict_x0, q_posterior, q_sample
 from .ddpm import ddpm_loss, ddpm_sample, ddpm_step
 from .ddim import ddim_invert, ddim_sample, ddim_sigma, ddim_step, ddim_timesteps
+from .mixtures import GaussianMixture, ring_mixture
 
 __version__ = "0.1.0"

@@ -1,0 +1,163 @@
+"""Gaussian mixtures with exact densities, scores and denoisers: the oracle behind the tests and chapters.
+
+Noising a mixture keeps it a mixture: under the forward process
+q(x_t) = sum_k w_k N(sqrt(ab) mu_k, ab Sigma_k + (1 - ab) I), and under additive noise of
+scale sigma, p_sigma(x) = sum_k w_k N(mu_k, Sigma_k + sigma^2 I). So the score at every
+noise level, eps* = -sqrt(1 - ab) * score (Tweedie), and p(c | x_t) are all exact.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import check_int, check_tensor, randn
+from .schedules import Schedule
+
+
+class GaussianMixture:
+    """sum_k w_k N(mu_k, Sigma_k) in D dimensions, with optional integer class labels per component."""
+
+    def __init__(self, means, covs=None, weights=None, *, stds=None, labels=None):
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if means.ndim != 2:
+            raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
+        K, D = means.shape
+        if (covs is None) == (stds is None):
+            raise ValueError("give exactly one of covs (K, D, D) and stds (K,) or a float")
+        if stds is not None:
+            stds = torch.as_tensor(stds, dtype=torch.float64).expand(K)
+            if bool((stds <= 0).any()):
+                raise ValueError(f"stds must be positive, got {stds.tolist()}")
+            covs = stds[:, None, None] ** 2 * torch.eye(D, dtype=torch.float64)
+        covs = torch.as_tensor(covs, dtype=torch.float64)
+        if covs.shape != (K, D, D):
+            raise ValueError(f"covs must have shape (K, D, D) = {(K, D, D)}, got {tuple(covs.shape)}")
+        if not bool(torch.allclose(covs, covs.transpose(1, 2))) or bool((torch.linalg.eigvalsh(covs) <= 0).any()):
+            raise ValueError("every covariance must be symmetric positive definite")
+        weights = torch.full((K,), 1.0 / K, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        if weights.shape != (K,) or bool((weights <= 0).any()) or abs(float(weights.sum()) - 1) > 1e-6:
+            raise ValueError(f"weights must be K = {K} positive numbers summing to 1, got {weights.tolist()}")
+        self.means, self.covs, self.weights = means, covs, weights / weights.sum()
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        if self.labels is not None and self.labels.shape != (K,):
+            raise ValueError(f"labels must have shape (K,) = ({K},), got {tuple(self.labels.shape)}")
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return 0 if self.labels is None else int(self.labels.max()) + 1
+
+    # ---- moments and sampling -------------------------------------------------------
+    def mean(self) -> torch.Tensor:
+        return self.weights @ self.means
+
+    def covariance(self) -> torch.Tensor:
+        m = self.mean()
+        second = (self.weights[:, None, None] * (self.covs + self.means[:, :, None] * self.means[:, None, :])).sum(0)
+        return second - m[:, None] * m[None, :]
+
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        """(x, component) with x of shape (n, D) float32 and the component index of each sample."""
+        n = check_int("n", n, low=1)
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = randn((n, self.dim), generator, device="cpu", dtype=torch.float64)
+        chol = torch.linalg.cholesky(self.covs)                        # (K, D, D)
+        x = self.means[k] + (chol[k] @ z[:, :, None]).squeeze(-1)      # (n, D)
+        return x.float(), k
+
+    def sample_labelled(self, n: int, generator: torch.Generator | None = None):
+        """(x, class label) for a mixture built with labels."""
+        if self.labels is None:
+            raise ValueError("this mixture has no labels; build it with labels=...")
+        x, k = self.sample(n, generator)
+        return x, self.labels[k]
+
+    # ---- exact densities at any noise level ------------------------------------------
+    def _noised(self, scale: torch.Tensor, var: torch.Tensor):
+        """Component means and covariances of scale * X + sqrt(var) * N(0, I); scale, var of shape (B,)."""
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        means = scale[:, None, None] * self.means[None]                                   # (B, K, D)
+        covs = scale[:, None, None, None] ** 2 * self.covs[None] + var[:, None, None, None] * eye  # (B, K, D, D)
+        return means, covs
+
+    def _component_terms(self, x: torch.Tensor, scale, var):
+        x64 = x.to("cpu", torch.float64)  # differentiable: log_prob can be backpropagated
+        B = x64.shape[0]
+        scale = torch.as_tensor(scale, dtype=torch.float64).reshape(-1).expand(B)
+        var = torch.as_tensor(var, dtype=torch.float64).reshape(-1).expand(B)
+        means, covs = self._noised(scale, var)
+        chol = torch.linalg.cholesky(covs)
+        diff = x64[:, None, :] - means                                                     # (B, K, D)
+        sol = torch.cholesky_solve(diff[..., None], chol).squeeze(-1)                      # Sigma^-1 (x - mu)
+        maha = (diff * sol).sum(-1)
+        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        logp = -0.5 * (maha + logdet + self.dim * math.log(2 * math.pi)) + torch.log(self.weights)  # (B, K)
+        return logp, sol
+
+    def _check_x(self, x):
+        check_tensor("x", x)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
+
+    def log_prob(self, x: torch.Tensor, *, scale=1.0, var=0.0, cond=None) -> torch.Tensor:
+        """log p(x) of scale * X + sqrt(var) * noise (default: the clean mixture); cond restricts to a class."""
+        self._check_x(x)
+        logp, _ = self._component_terms(x, scale, var)
+        logp = self._restrict(logp, cond)
+        return torch.logsumexp(logp, dim=1).to(device=x.device, dtype=x.dtype)
+
+    def score(self, x: torch.Tensor, *, scale=1.0, var=0.0, cond=None) -> torch.Tensor:
+        """grad_x log p(x) = -sum_k r_k(x) Sigma_k^{-1} (x - mu_k), exact."""
+        self._check_x(x)
+        logp, sol = self._component_terms(x, scale, var)
+        logp = self._restrict(logp, cond)
+        resp = torch.softmax(logp, dim=1)                                                  # (B, K)
+        return (-(resp[..., None] * sol).sum(1)).to(device=x.device, dtype=x.dtype)
+
+    def class_log_probs(self, x: torch.Tensor, *, scale=1.0, var=0.0) -> torch.Tensor:
+        """log p(c | x) for every class c, shape (B, num_classes): the exact (noise-aware) classifier."""
+        self._check_x(x)
+        if self.labels is None:
+            raise ValueError("this mixture has no labels; build it with labels=...")
+        logp, _ = self._component_terms(x, scale, var)
+        per_class = torch.stack([torch.logsumexp(logp[:, self.labels == c], 1) for c in range(self.num_classes)], 1)
+        return (per_class - torch.logsumexp(per_class, 1, keepdim=True)).to(x.dtype)
+
+    def _restrict(self, logp, cond):
+        if cond is None:
+            return logp
+        if self.labels is None:
+            raise ValueError("cond given but this mixture has no labels")
+        cond = torch.as_tensor(cond).reshape(-1).cpu().expand(logp.shape[0])
+        mask = self.labels[None, :] == cond[:, None]
+        return logp.masked_fill(~mask, -math.inf)
+
+    # ---- oracle models ---------------------------------------------------------------
+    def eps_model(self, schedule: Schedule):
+        """The exact epsilon predictor under `schedule`: model(x, t, cond=None) = -sqrt(1 - ab_t) score_t(x)."""
+        ab_all = schedule.alpha_bars
+
+        def model(x, t, cond=None):
+            ab = ab_all[t.cpu().long()]
+            s = self.score(x, scale=ab.sqrt(), var=1 - ab, cond=cond)
+            return -(1 - ab).sqrt().to(x)[:, None] * s
+        return model
+
+    def noise_score_model(self):
+        """The exact noise-conditional score s(x, sigma) of p_sigma = p * N(0, sigma^2 I), sigma of shape (B,)."""
+        def score_model(x, sigma):
+            sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
+            return self.score(x, var=sigma.cpu() ** 2)
+        return score_model
+
+
+def ring_mixture(k: int = 8, radius: float = 2.0, std: float = 0.1, labelled: bool = False) -> GaussianMixture:
+    """k equal Gaussians on a circle (labels 0..k-1 if labelled)."""
+    k = check_int("k", k, low=1)
+    ang = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
+    means = radius * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
+    return GaussianMixture(means, stds=std, labels=torch.arange(k) if labelled else None)
