@@ -1,0 +1,128 @@
+"""Noise schedules: index convention, float64, the cosine formula recomputed independently, bad input."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import diffusion_lab as dl
+
+
+def test_linear_schedule_betas_alphas_alpha_bars():
+    s = dl.linear_schedule(T=1000, beta_start=1e-4, beta_end=0.02)
+    assert s.T == 1000
+    for name in ("betas", "alphas", "alpha_bars"):
+        v = getattr(s, name)
+        assert v.shape == (1000,) and v.dtype == torch.float64, name
+    expected = np.linspace(1e-4, 0.02, 1000)
+    np.testing.assert_allclose(s.betas.numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(s.alphas.numpy(), 1 - expected, rtol=1e-12)
+    np.testing.assert_allclose(s.alpha_bars.numpy(), np.cumprod(1 - expected), rtol=1e-12)
+
+
+def test_index_convention_alpha_bar_t_is_product_up_to_and_including_t():
+    # alpha_bars[t] = prod_{s <= t} alphas[s]: alpha_bars[0] = alphas[0], not 1.
+    s = dl.linear_schedule(T=7, beta_start=0.05, beta_end=0.4)
+    for t in range(7):
+        prod = 1.0
+        for j in range(t + 1):
+            prod *= 1.0 - float(s.betas[j])
+        assert abs(float(s.alpha_bars[t]) - prod) < 1e-15, t
+    assert float(s.alpha_bars[0]) == pytest.approx(1 - 0.05, abs=1e-15)
+    assert bool((s.alpha_bars[1:] < s.alpha_bars[:-1]).all())
+
+
+def test_T_equals_one_is_allowed():
+    s = dl.linear_schedule(T=1, beta_start=0.3, beta_end=0.3)
+    assert s.T == 1 and float(s.alpha_bars[0]) == pytest.approx(0.7)
+
+
+def _cosine_reference(T, s=0.008, max_beta=0.999):
+    # Nichol & Dhariwal 2021, Eq. 17 written out with math.cos, one beta at a time:
+    # beta_t = min(1 - f((t + 1) / T) / f(t / T), max_beta), f(u) = cos^2((u + s) / (1 + s) pi / 2).
+    f = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    return np.array([min(1 - f((t + 1) / T) / f(t / T), max_beta) for t in range(T)])
+
+
+@pytest.mark.parametrize("T", [10, 1000])
+def test_cosine_schedule_matches_an_independent_computation(T):
+    s = dl.cosine_schedule(T=T)
+    assert s.betas.dtype == torch.float64 and s.T == T
+    betas = _cosine_reference(T)
+    np.testing.assert_allclose(s.betas.numpy(), betas, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(s.alpha_bars.numpy(), np.cumprod(1 - betas), rtol=1e-9, atol=1e-15)
+    # Without clipping, alpha_bar_t = f(t + 1) / f(0) exactly (the telescoping product).
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    for t in (0, T // 3, T // 2):
+        assert float(s.alpha_bars[t]) == pytest.approx(f((t + 1) / T) / f(0), rel=1e-9)
+
+
+def test_cosine_schedule_max_beta_clips_the_last_betas():
+    s = dl.cosine_schedule(T=1000, max_beta=0.5)
+    assert float(s.betas.max()) == pytest.approx(0.5, abs=1e-15)
+    np.testing.assert_allclose(s.betas.numpy(), _cosine_reference(1000, max_beta=0.5), rtol=1e-9, atol=1e-15)
+    assert float(dl.cosine_schedule(T=1000).betas[-1]) == pytest.approx(0.999)
+
+
+def test_schedule_properties():
+    s = dl.linear_schedule(T=50, beta_start=0.01, beta_end=0.2)
+    ab = s.alpha_bars
+    torch.testing.assert_close(s.alpha_bars_prev, torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]]))
+    # beta_tilde_t = beta_t (1 - ab_{t-1}) / (1 - ab_t), zero at t = 0.
+    torch.testing.assert_close(s.posterior_variances[1:], s.betas[1:] * (1 - ab[:-1]) / (1 - ab[1:]))
+    assert float(s.posterior_variances[0]) == 0.0
+    torch.testing.assert_close(s.snr, ab / (1 - ab))
+
+
+def test_schedule_from_custom_betas_is_float64_and_frozen():
+    s = dl.Schedule(torch.tensor([0.1, 0.2, 0.3], dtype=torch.float32))
+    assert s.betas.dtype == torch.float64 and s.T == 3
+    with pytest.raises(Exception):
+        s.betas = torch.tensor([0.5])
+
+
+def test_make_schedule():
+    torch.testing.assert_close(dl.make_schedule("linear", 20).betas, dl.linear_schedule(20).betas)
+    torch.testing.assert_close(dl.make_schedule("cosine", 20).betas, dl.cosine_schedule(20).betas)
+    with pytest.raises(ValueError, match="name"):
+        dl.make_schedule("quadratic", 20)
+
+
+# ---------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fn", [dl.linear_schedule, dl.cosine_schedule])
+@pytest.mark.parametrize("T, exc", [(0, ValueError), (-3, ValueError), (2.5, TypeError), ("10", TypeError), (True, TypeError)])
+def test_bad_T(fn, T, exc):
+    with pytest.raises(exc, match="T"):
+        fn(T=T)
+
+
+@pytest.mark.parametrize("arg", ["beta_start", "beta_end"])
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.1, 1.5, float("nan"), float("inf")])
+def test_linear_schedule_beta_outside_open_unit_interval(arg, value):
+    with pytest.raises(ValueError, match=arg):
+        dl.linear_schedule(T=10, **{arg: value})
+
+
+def test_linear_schedule_beta_wrong_type():
+    with pytest.raises(TypeError, match="beta_start"):
+        dl.linear_schedule(T=10, beta_start="0.1")
+
+
+@pytest.mark.parametrize("kw, name", [({"s": -0.1}, "s"), ({"s": float("nan")}, "s"), ({"max_beta": 0.0}, "max_beta"),
+                                      ({"max_beta": 1.0}, "max_beta"), ({"max_beta": 2.0}, "max_beta")])
+def test_cosine_schedule_bad_parameters(kw, name):
+    with pytest.raises(ValueError, match=name):
+        dl.cosine_schedule(T=10, **kw)
+
+
+@pytest.mark.parametrize("betas", [[0.1, 0.0], [0.1, 1.0], [0.1, -0.2], [0.1, float("nan")], [[0.1, 0.2]], []])
+def test_schedule_rejects_bad_betas(betas):
+    with pytest.raises(ValueError, match="beta"):
+        dl.Schedule(torch.tensor(betas, dtype=torch.float64))
+
+
+def test_schedule_rejects_non_tensor_betas():
+    with pytest.raises(TypeError, match="betas"):
+        dl.Schedule([0.1, 0.2])
