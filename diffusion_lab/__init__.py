@@ -1,4 +1,8 @@
-"""diffusion_lab: a small, verified PyTorch library for learning diffusion models."""
+"""diffusion_lab: a small, verified PyTorch library for learning diffusion models.
+
+The model contract, stated once: model(x, t, cond=None) -> eps_hat, with x of shape (B, ...),
+t integer timesteps of shape (B,) in [0, T-1], and cond integer labels (B,) or None.
+"""
 from .device import get_device
 from .gaussians import gaussian_log_prob, kl_normal, kl_std_normal, reparameterize
 from .schedules import Schedule, cosine_schedule, linear_schedule, make_schedule
@@ -6,5 +10,16 @@ from .forward import posterior_coefficients, predict_x0, q_posterior, q_sample
 from .ddpm import ddpm_loss, ddpm_sample, ddpm_step
 from .ddim import ddim_invert, ddim_sample, ddim_sigma, ddim_step, ddim_timesteps
 from .mixtures import GaussianMixture, ring_mixture
+from .score import (ScoreMLP, annealed_langevin_sample, ddpm_score_model, ddpm_sigmas, dsm_loss, eps_to_score,
+                    geometric_sigmas, langevin_sample)
+from .guidance import cfg, cfg_eps, classifier_grad, classifier_guidance
+from .nets import NoisyClassifier, TimeMLP, UNet, make_denoiser, timestep_embedding
+from .vae import VAE, vae_loss
+from .data import labelled_mixture, load_digits, load_mnist, make_toy, read_idx, swiss_roll, two_moons
+from .metrics import DigitsClassifier, classifier_accuracy, mmd, sliced_wasserstein, train_digits_classifier
+from .elbo import ddpm_elbo
+from .train import (EMA, TrainConfig, TrainingDivergedError, train_classifier, train_ddpm, train_score_model,
+                    train_vae)
+from .checkpoints import load_checkpoint, load_pretrained, save_checkpoint
 
 __version__ = "0.1.0"

@@ -1,0 +1,63 @@
+"""Guidance as model wrappers, so samplers never know about it.
+
+Classifier-free guidance (Ho & Salimans 2021): eps = eps_uncond + scale (eps_cond - eps_uncond),
+where scale = 1 is the plain conditional model and scale = 0 the unconditional one (the paper's
+w corresponds to scale = 1 + w). Classifier guidance (Dhariwal & Nichol 2021, Algorithm 2):
+eps = eps_theta(x_t) - s sqrt(1 - alpha_bar_t) grad_x log p_phi(c | x_t, t).
+"""
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_number, check_same_shape, check_tensor
+from .schedules import Schedule
+
+
+def cfg_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """eps_uncond + scale * (eps_cond - eps_uncond); scale = 1 is the conditional model."""
+    check_tensor("eps_uncond", eps_uncond)
+    check_tensor("eps_cond", eps_cond)
+    check_same_shape(eps_uncond=eps_uncond, eps_cond=eps_cond)
+    scale = check_number("scale", scale)
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def cfg(model, scale: float):
+    """Wrap a conditional model (one that also accepts cond=None) into a guided epsilon model."""
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    scale = check_number("scale", scale)
+
+    def guided(x, t, cond=None):
+        if cond is None:
+            raise ValueError("a CFG-guided model needs cond (the labels to guide towards)")
+        eps_uncond = model(x, t, None)
+        eps_cond = model(x, t, cond)
+        return cfg_eps(eps_uncond, eps_cond, scale)
+    return guided
+
+
+def classifier_grad(classifier, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """grad_x log p_phi(cond | x, t) for a classifier returning logits classifier(x, t)."""
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        logp = torch.log_softmax(classifier(x_in, t), dim=-1)
+        chosen = logp[torch.arange(x.shape[0], device=x.device), cond].sum()
+        return torch.autograd.grad(chosen, x_in)[0]
+
+
+def classifier_guidance(model, classifier, schedule: Schedule, scale: float):
+    """Wrap an epsilon model and a noise-aware classifier into a guided epsilon model."""
+    if not callable(model) or not callable(classifier):
+        raise TypeError("model and classifier must be callable")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a diffusion_lab Schedule, got {type(schedule).__name__}")
+    scale = check_number("scale", scale, low=0)
+
+    def guided(x, t, cond=None):
+        if cond is None:
+            raise ValueError("a classifier-guided model needs cond (the labels to guide towards)")
+        eps = model(x, t, None)
+        grad = classifier_grad(classifier, x, t, cond)
+        return eps - scale * schedule.at((1 - schedule.alpha_bars).sqrt(), t, x) * grad
+    return guided

@@ -1,0 +1,218 @@
+"""Small networks sized for a laptop CPU: a time-conditioned MLP for vectors, a small U-Net
+for images (any size >= 4, e.g. 8x8 and 28x28), and noise-aware classifiers p(c | x_t, t).
+
+Class conditioning uses a learned null label (index num_classes) so one network is both
+the conditional and the unconditional model, as classifier-free guidance needs
+(Ho & Salimans 2021). Every denoiser follows model(x, t, cond=None) -> eps_hat.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._checks import check_int
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, shape (B,) -> (B, dim) (Vaswani et al. 2017)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class Conditioning(nn.Module):
+    """Embeds (t, cond) into one vector; cond=None or entries equal to num_classes mean "no label"."""
+
+    def __init__(self, emb_dim: int, num_classes: int | None = None):
+        super().__init__()
+        self.emb_dim = emb_dim
+        self.num_classes = num_classes
+        self.time_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+
+    @property
+    def null_label(self):
+        return self.num_classes
+
+    def forward(self, t: torch.Tensor, cond=None, batch: int | None = None) -> torch.Tensor:
+        if t.ndim != 1:
+            raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")
+        emb = self.time_mlp(timestep_embedding(t, self.emb_dim))
+        if self.label_emb is None:
+            if cond is not None:
+                raise ValueError("cond given to a model built without num_classes")
+            return emb
+        if cond is None:
+            cond = torch.full((t.shape[0],), self.num_classes, device=t.device, dtype=torch.long)
+        if cond.shape != t.shape or cond.dtype.is_floating_point:
+            raise ValueError(f"cond must be integer labels of shape {tuple(t.shape)}, got {tuple(cond.shape)} {cond.dtype}")
+        if int(cond.min()) < 0 or int(cond.max()) > self.num_classes:
+            raise ValueError(f"cond labels must be in [0, {self.num_classes}] ({self.num_classes} = null), got {cond.min().item()}..{cond.max().item()}")
+        return emb + self.label_emb(cond)
+
+
+class ResMLPBlock(nn.Module):
+    def __init__(self, hidden: int, emb_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.emb = nn.Linear(emb_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+
+    def forward(self, h, emb):
+        y = self.fc1(F.silu(self.norm(h))) + self.emb(emb)
+        return h + self.fc2(F.silu(y))
+
+
+class TimeMLP(nn.Module):
+    """eps_theta for vector data: (B, dim) -> (B, dim), residual MLP conditioned on t (and a label)."""
+
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64, num_classes: int | None = None):
+        super().__init__()
+        self.config = dict(dim=check_int("dim", dim, low=1), hidden=check_int("hidden", hidden, low=1),
+                           depth=check_int("depth", depth, low=1), emb_dim=check_int("emb_dim", emb_dim, low=2),
+                           num_classes=num_classes)
+        self.cond = Conditioning(emb_dim, num_classes)
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList([ResMLPBlock(hidden, emb_dim) for _ in range(depth)])
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
+
+    @property
+    def num_classes(self):
+        return self.config["num_classes"]
+
+    def forward(self, x, t, cond=None):
+        if x.ndim != 2 or x.shape[1] != self.config["dim"]:
+            raise ValueError(f"x must have shape (B, {self.config['dim']}), got {tuple(x.shape)}")
+        emb = self.cond(t, cond)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(h)
+
+
+def _groups(ch: int) -> int:
+    return math.gcd(8, ch)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb_dim: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, cout)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x))) + self.emb(emb)[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class UNet(nn.Module):
+    """A small U-Net: (B, C, H, W) -> (B, C, H, W). Downsamples by stride-2 convs and upsamples
+    to the skip connection's exact size, so odd sizes (28 -> 14 -> 7 -> 4) work too."""
+
+    def __init__(self, in_channels: int = 1, base: int = 32, mults=(1, 2, 2), emb_dim: int = 128,
+                 num_classes: int | None = None):
+        super().__init__()
+        self.config = dict(in_channels=check_int("in_channels", in_channels, low=1), base=check_int("base", base, low=1),
+                           mults=tuple(int(m) for m in mults), emb_dim=check_int("emb_dim", emb_dim, low=2),
+                           num_classes=num_classes)
+        chans = [base * m for m in mults]
+        self.cond = Conditioning(emb_dim, num_classes)
+        self.inp = nn.Conv2d(in_channels, chans[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        c = chans[0]
+        for i, ch in enumerate(chans):
+            self.down_blocks.append(ResBlock(c, ch, emb_dim))
+            c = ch
+            if i < len(chans) - 1:
+                self.downs.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        self.mid = ResBlock(c, c, emb_dim)
+        self.up_blocks = nn.ModuleList()
+        for ch in reversed(chans):
+            self.up_blocks.append(ResBlock(c + ch, ch, emb_dim))
+            c = ch
+        self.out = nn.Sequential(nn.GroupNorm(_groups(c), c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
+
+    @property
+    def num_classes(self):
+        return self.config["num_classes"]
+
+    def forward(self, x, t, cond=None):
+        if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
+            raise ValueError(f"x must have shape (B, {self.config['in_channels']}, H, W), got {tuple(x.shape)}")
+        emb = self.cond(t, cond)
+        h = self.inp(x)
+        skips = []
+        for i, block in enumerate(self.down_blocks):
+            h = block(h, emb)
+            skips.append(h)
+            if i < len(self.downs):
+                h = self.downs[i](h)
+        h = self.mid(h, emb)
+        for block in self.up_blocks:
+            skip = skips.pop()
+            h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            h = block(torch.cat([h, skip], 1), emb)
+        return self.out(h)
+
+
+class NoisyClassifier(nn.Module):
+    """A noise-aware classifier logits = f(x_t, t) for classifier guidance (Dhariwal & Nichol 2021).
+
+    Vectors (B, dim) use a residual MLP; images (B, C, H, W) use the U-Net's encoder half
+    followed by global average pooling.
+    """
+
+    def __init__(self, shape, num_classes: int, hidden: int = 128, depth: int = 3, emb_dim: int = 64, base: int = 32):
+        super().__init__()
+        shape = tuple(int(s) for s in shape)
+        self.config = dict(shape=shape, num_classes=check_int("num_classes", num_classes, low=2), hidden=hidden,
+                           depth=depth, emb_dim=emb_dim, base=base)
+        self.cond = Conditioning(emb_dim, None)
+        if len(shape) == 1:
+            self.inp = nn.Linear(shape[0], hidden)
+            self.blocks = nn.ModuleList([ResMLPBlock(hidden, emb_dim) for _ in range(depth)])
+            feat = hidden
+        elif len(shape) == 3:
+            self.inp = nn.Conv2d(shape[0], base, 3, padding=1)
+            self.blocks = nn.ModuleList([ResBlock(base, base, emb_dim), ResBlock(base, 2 * base, emb_dim),
+                                         ResBlock(2 * base, 2 * base, emb_dim)])
+            self.pool = nn.Conv2d(2 * base, 2 * base, 3, stride=2, padding=1)
+            feat = 2 * base
+        else:
+            raise ValueError(f"shape must be (dim,) or (C, H, W), got {shape}")
+        self.head = nn.Sequential(nn.SiLU(), nn.Linear(feat, num_classes))
+
+    def forward(self, x, t):
+        if tuple(x.shape[1:]) != self.config["shape"]:
+            raise ValueError(f"x must have shape (B, {', '.join(map(str, self.config['shape']))}), got {tuple(x.shape)}")
+        emb = self.cond(t)
+        h = self.inp(x)
+        for i, block in enumerate(self.blocks):
+            h = block(h, emb)
+            if h.ndim == 4 and i == 1:
+                h = self.pool(h)
+        if h.ndim == 4:
+            h = h.mean(dim=(2, 3))
+        return self.head(h)
+
+
+def make_denoiser(sample_shape, num_classes: int | None = None, **kwargs) -> nn.Module:
+    """A TimeMLP for vector data (dim,) or a UNet for images (C, H, W)."""
+    sample_shape = tuple(int(s) for s in sample_shape)
+    if len(sample_shape) == 1:
+        return TimeMLP(dim=sample_shape[0], num_classes=num_classes, **kwargs)
+    if len(sample_shape) == 3:
+        return UNet(in_channels=sample_shape[0], num_classes=num_classes, **kwargs)
+    raise ValueError(f"data must be (N, D) vectors or (N, C, H, W) images; a sample has shape {sample_shape}")

@@ -1,0 +1,57 @@
+"""A variational autoencoder (Kingma & Welling 2014) with a Gaussian encoder q(z|x) = N(mu, e^logvar)
+and a Gaussian decoder of fixed variance, whose negative ELBO splits into reconstruction + KL."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ._checks import check_int, check_number, check_tensor
+from .gaussians import kl_std_normal, reparameterize
+
+
+class VAE(nn.Module):
+    """MLP encoder x -> (mu, logvar) and decoder z -> x_hat, for vectors or (flattened) images."""
+
+    def __init__(self, in_shape, latent_dim: int = 2, hidden: int = 256):
+        super().__init__()
+        in_shape = tuple(int(s) for s in in_shape)
+        self.config = dict(in_shape=in_shape, latent_dim=check_int("latent_dim", latent_dim, low=1),
+                           hidden=check_int("hidden", hidden, low=1))
+        d = math.prod(in_shape)
+        self.encoder = nn.Sequential(nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                     nn.Linear(hidden, 2 * latent_dim))
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                     nn.Linear(hidden, d))
+
+    def encode(self, x):
+        if tuple(x.shape[1:]) != self.config["in_shape"]:
+            raise ValueError(f"x must have shape (B, {', '.join(map(str, self.config['in_shape']))}), got {tuple(x.shape)}")
+        mu, logvar = self.encoder(x.flatten(1)).chunk(2, dim=1)
+        return mu, logvar.clamp(-12, 8)   # keep exp(logvar) finite
+
+    def decode(self, z):
+        return self.decoder(z).reshape(-1, *self.config["in_shape"])
+
+    def forward(self, x, generator: torch.Generator | None = None):
+        mu, logvar = self.encode(x)
+        z = reparameterize(mu, logvar, generator)
+        return self.decode(z), mu, logvar
+
+
+def vae_loss(model: VAE, x: torch.Tensor, beta: float = 1.0, decoder_std: float = 0.2,
+             generator: torch.Generator | None = None) -> dict:
+    """Negative ELBO per example (nats), one reparameterized sample of z:
+    recon = -log N(x; x_hat, decoder_std^2 I) = ||x - x_hat||^2 / (2 decoder_std^2) + D/2 log(2 pi decoder_std^2),
+    kl = KL(q(z|x) || N(0, I)) in closed form, loss = recon + beta * kl (beta = 1 is the ELBO).
+    Returns a dict of scalars {"loss", "recon", "kl"} (means over the batch)."""
+    check_tensor("x", x)
+    beta = check_number("beta", beta, low=0)
+    decoder_std = check_number("decoder_std", decoder_std, low=0, low_open=True)
+    x_hat, mu, logvar = model(x, generator)
+    d = x[0].numel()
+    sq = ((x - x_hat) ** 2).flatten(1).sum(1)
+    recon = sq / (2 * decoder_std ** 2) + 0.5 * d * math.log(2 * math.pi * decoder_std ** 2)
+    kl = kl_std_normal(mu, logvar).sum(1)
+    return {"loss": (recon + beta * kl).mean(), "recon": recon.mean(), "kl": kl.mean()}
