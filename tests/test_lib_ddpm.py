@@ -1,0 +1,289 @@
+"""DDPM step, loss and sampler: closed-form checks against Algorithm 2 written by hand,
+the loss on data whose exact epsilon is known, sampler plumbing, and bad input.
+(The oracle checks of the sampler are in test_lib_samplers.py, the diffusers ones in
+test_lib_diffusers.py.)"""
+import pytest
+import torch
+
+import diffusion_lab as dl
+
+S = dl.linear_schedule(T=20, beta_start=0.01, beta_end=0.3)
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------
+# ddpm_step
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variance", ["posterior", "beta"])
+@pytest.mark.parametrize("t", [1, 2, 10, 19])
+def test_ddpm_step_is_algorithm_2(t, variance):
+    # x_{t-1} = (x_t - beta_t / sqrt(1 - ab_t) eps) / sqrt(alpha_t) + sigma_t z, with
+    # sigma_t^2 = beta_tilde_t (posterior) or beta_t, written with the paper's formula.
+    g = _gen(t)
+    xt, eps, z = (torch.randn(3, 2, generator=g, dtype=torch.float64) for _ in range(3))
+    beta, ab = S.betas[t], S.alpha_bars[t]
+    var = beta * (1 - S.alpha_bars[t - 1]) / (1 - ab) if variance == "posterior" else beta
+    expected = (xt - beta / (1 - ab).sqrt() * eps) / (1 - beta).sqrt() + var.sqrt() * z
+    x_prev, x0_hat = dl.ddpm_step(S, xt, eps, t, z, variance=variance)
+    torch.testing.assert_close(x_prev, expected)
+    torch.testing.assert_close(x0_hat, (xt - (1 - ab).sqrt() * eps) / ab.sqrt())
+
+
+def test_ddpm_step_mean_is_the_posterior_mean_at_predicted_x0():
+    g = _gen(1)
+    xt, eps = (torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    for t in (1, 7, 19):
+        x_prev, x0_hat = dl.ddpm_step(S, xt, eps, t, torch.zeros_like(xt))
+        mean, _ = dl.q_posterior(S, x0_hat, xt, t)
+        torch.testing.assert_close(x_prev, mean)
+        torch.testing.assert_close(x0_hat, dl.predict_x0(S, xt, eps, t))
+
+
+def test_ddpm_step_at_t0_returns_predicted_x0_without_noise():
+    # At t = 0, alpha_bar_{-1} = 1, so the posterior mean is x0_hat itself and the variance is 0.
+    g = _gen(2)
+    xt, eps = (torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    x_prev, x0_hat = dl.ddpm_step(S, xt, eps, 0, None)
+    expected = (xt - (1 - S.alpha_bars[0]).sqrt() * eps) / S.alpha_bars[0].sqrt()
+    torch.testing.assert_close(x_prev, expected)
+    torch.testing.assert_close(x0_hat, expected)
+    x_prev2, _ = dl.ddpm_step(S, xt, eps, 0, torch.randn(4, 3, generator=g, dtype=torch.float64))
+    torch.testing.assert_close(x_prev2, expected)
+
+
+def test_ddpm_step_clip_x0():
+    xt = torch.tensor([[5.0, -5.0, 0.1]], dtype=torch.float64)
+    eps = torch.zeros_like(xt)
+    x_prev, x0_hat = dl.ddpm_step(S, xt, eps, 5, torch.zeros_like(xt), clip_x0=1.0)
+    assert float(x0_hat.abs().max()) <= 1.0
+    mean, _ = dl.q_posterior(S, x0_hat, xt, 5)
+    torch.testing.assert_close(x_prev, mean)
+
+
+# ---------------------------------------------------------------------------------------
+# ddpm_loss
+# ---------------------------------------------------------------------------------------
+def test_ddpm_loss_is_zero_for_the_exact_epsilon_of_a_point_mass():
+    # If all data equal c, the noise is recoverable: eps = (x_t - sqrt(ab_t) c) / sqrt(1 - ab_t).
+    # The loss of that model is 0 only if x_t, t and the target noise are used consistently
+    # (same t index for noising and for the model, the target being the added noise).
+    s = dl.linear_schedule(T=100, beta_start=1e-3, beta_end=0.1)
+    c = torch.tensor([0.7, -1.3, 2.0], dtype=torch.float64)
+    ab_all = s.alpha_bars
+
+    def exact(x, t, cond=None):
+        ab = ab_all[t][:, None]
+        return (x - ab.sqrt() * c) / (1 - ab).sqrt()
+
+    x0 = c.expand(64, 3).clone()
+    assert dl.ddpm_loss(exact, s, x0, generator=_gen(3)).item() < 1e-20
+
+
+def test_ddpm_loss_of_the_gaussian_oracle_matches_theory():
+    # Data N(0, I): x_t ~ N(0, I) for every t, the exact epsilon is sqrt(1 - ab_t) x_t and
+    # Var(eps | x_t) = ab_t per coordinate. So E[loss(oracle)] / E[loss(0)] = mean_t ab_t
+    # (the ratio does not depend on whether the loss averages or sums over coordinates).
+    # Each per-element squared error has mean <= 1 and variance <= 2 (chi-square-like); with
+    # n = 4096 * 4 elements the ratio's SE is < sqrt(3 / n) ~ 0.014; 5 SE => 0.07.
+    s = dl.linear_schedule(T=50, beta_start=1e-3, beta_end=0.2)
+    x0 = torch.randn(4096, 4, generator=_gen(4))
+    ab_all = s.alpha_bars.float()
+    oracle = lambda x, t, cond=None: (1 - ab_all[t])[:, None].sqrt() * x  # noqa: E731
+    zero = lambda x, t, cond=None: torch.zeros_like(x)  # noqa: E731
+    l_oracle = dl.ddpm_loss(oracle, s, x0, generator=_gen(5)).item()
+    l_zero = dl.ddpm_loss(zero, s, x0, generator=_gen(5)).item()
+    assert abs(l_oracle / l_zero - s.alpha_bars.mean().item()) < 0.07
+
+
+def test_ddpm_loss_scalar_deterministic_differentiable_and_passes_cond():
+    net = torch.nn.Linear(2, 2)
+    seen = {}
+
+    def model(x, t, cond=None):
+        seen["t"], seen["cond"], seen["x"] = t, cond, x
+        return net(x)
+
+    x0 = torch.randn(16, 2, generator=_gen(6))
+    cond = torch.arange(16) % 3
+    loss = dl.ddpm_loss(model, S, x0, cond=cond, generator=_gen(7))
+    assert loss.ndim == 0
+    assert torch.equal(seen["cond"], cond)
+    t = seen["t"]
+    assert t.shape == (16,) and not t.dtype.is_floating_point
+    assert int(t.min()) >= 0 and int(t.max()) <= S.T - 1 and len(set(t.tolist())) > 1
+    loss.backward()
+    assert net.weight.grad is not None and bool(torch.isfinite(net.weight.grad).all())
+    again = dl.ddpm_loss(model, S, x0, cond=cond, generator=_gen(7))
+    assert again.item() == loss.item()
+    assert dl.ddpm_loss(model, S, x0, cond=cond, generator=_gen(8)).item() != loss.item()
+
+
+def test_ddpm_loss_draws_timesteps_uniformly():
+    # Record the t the loss draws; 20 classes, n = 20000: each count ~ Binomial(n, 1/20) with
+    # SE sqrt(n p (1 - p)) ~ 31, so a 5 SE band around 1000 is +-155.
+    counts = torch.zeros(S.T)
+
+    def model(x, t, cond=None):
+        counts.add_(torch.bincount(t, minlength=S.T).float())
+        return torch.zeros_like(x)
+
+    dl.ddpm_loss(model, S, torch.zeros(20_000, 1), generator=_gen(9))
+    assert float((counts - 1000).abs().max()) < 155, counts
+
+
+# ---------------------------------------------------------------------------------------
+# ddpm_sample plumbing (oracle checks are in test_lib_samplers.py)
+# ---------------------------------------------------------------------------------------
+def _toy_model(x, t, cond=None):
+    return 0.3 * torch.tanh(x) + 0.01 * t.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def test_ddpm_sample_callback_order_determinism_and_global_rng():
+    calls = []
+    state = torch.random.get_rng_state()
+    x = dl.ddpm_sample(_toy_model, S, (5, 1, 3, 3), generator=_gen(10), callback=calls.append)
+    assert torch.equal(state, torch.random.get_rng_state()), "the sampler touched the global RNG"
+    assert x.shape == (5, 1, 3, 3) and bool(torch.isfinite(x).all())
+    assert [c["t"] for c in calls] == list(range(S.T - 1, -1, -1))
+    assert [c["i"] for c in calls] == list(range(S.T))
+    assert torch.equal(calls[-1]["x"], x)
+    torch.testing.assert_close(calls[-1]["x0_hat"], x)  # the last step returns x0_hat
+    assert torch.equal(x, dl.ddpm_sample(_toy_model, S, (5, 1, 3, 3), generator=_gen(10)))
+    assert not torch.equal(x, dl.ddpm_sample(_toy_model, S, (5, 1, 3, 3), generator=_gen(11)))
+
+
+def test_ddpm_sample_replays_ddpm_step_by_hand():
+    # The sampler = x_T ~ N(0, I) from the generator, then ddpm_step with fresh noise from the
+    # same generator at every t >= 1, the model called with t of shape (B,).
+    g = _gen(12)
+    x = torch.randn(4, 2, generator=g)
+    for t in range(S.T - 1, -1, -1):
+        eps = _toy_model(x, torch.full((4,), t))
+        noise = torch.randn(4, 2, generator=g) if t > 0 else None
+        x, _ = dl.ddpm_step(S, x, eps, t, noise)
+    torch.testing.assert_close(dl.ddpm_sample(_toy_model, S, (4, 2), generator=_gen(12)), x)
+
+
+def test_ddpm_sample_passes_cond_and_t_to_the_model():
+    seen = []
+
+    def model(x, t, cond=None):
+        seen.append((t.clone(), cond))
+        return torch.zeros_like(x)
+
+    cond = torch.tensor([2, 0, 1])
+    dl.ddpm_sample(model, S, (3, 2), cond=cond, generator=_gen(13))
+    assert len(seen) == S.T
+    for k, (t, c) in enumerate(seen):
+        assert torch.equal(t, torch.full((3,), S.T - 1 - k)) and torch.equal(c, cond)
+
+
+def test_ddpm_sample_uses_the_model_device_and_xT():
+    net = torch.nn.Linear(2, 2).double()
+    model = lambda x, t, cond=None: net(x)  # noqa: E731
+    xT = torch.randn(3, 2, generator=_gen(14), dtype=torch.float64)
+    out = dl.ddpm_sample(model, S, (3, 2), generator=_gen(15), xT=xT)
+    assert out.device.type == "cpu" and out.shape == (3, 2)
+
+
+# ---------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------
+X = torch.zeros(2, 3)
+NAN = torch.tensor([[0.0, float("nan"), 0.0], [0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("t", [-1, 20, 10_000])
+def test_ddpm_step_t_out_of_range(t):
+    with pytest.raises(ValueError, match="t"):
+        dl.ddpm_step(S, X, X, t, X)
+
+
+def test_ddpm_step_bad_input():
+    with pytest.raises(TypeError, match="t"):
+        dl.ddpm_step(S, X, X, 2.5, X)
+    with pytest.raises(ValueError, match="eps"):
+        dl.ddpm_step(S, X, torch.zeros(2, 4), 3, X)
+    with pytest.raises(ValueError, match="xt"):
+        dl.ddpm_step(S, NAN, X, 3, X)
+    with pytest.raises(ValueError, match="eps"):
+        dl.ddpm_step(S, X, NAN, 3, X)
+    with pytest.raises(ValueError, match="noise"):
+        dl.ddpm_step(S, X, X, 3, None)
+    with pytest.raises(ValueError, match="noise"):
+        dl.ddpm_step(S, X, X, 3, NAN)
+    with pytest.raises(ValueError, match="variance"):
+        dl.ddpm_step(S, X, X, 3, X, variance="large")
+
+
+def test_ddpm_step_rejects_a_non_schedule():
+    with pytest.raises(TypeError, match="schedule"):
+        dl.ddpm_step("linear", X, X, 3, X)
+
+
+def test_ddpm_step_rejects_noise_of_the_wrong_shape():
+    # A (B, 1) noise would broadcast silently and give every coordinate the same noise.
+    with pytest.raises(ValueError, match="noise"):
+        dl.ddpm_step(S, X, X, 3, torch.zeros(2, 1))
+
+
+def test_ddpm_loss_bad_input():
+    with pytest.raises(TypeError, match="model"):
+        dl.ddpm_loss("model", S, X)
+    with pytest.raises(TypeError, match="schedule"):
+        dl.ddpm_loss(_toy_model, 1000, X)
+    with pytest.raises(ValueError, match="x0"):
+        dl.ddpm_loss(_toy_model, S, NAN)
+    with pytest.raises(TypeError, match="x0"):
+        dl.ddpm_loss(_toy_model, S, [[0.0]])
+    with pytest.raises(ValueError, match="cond"):
+        dl.ddpm_loss(_toy_model, S, X, cond=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="cond"):
+        dl.ddpm_loss(_toy_model, S, X, cond=torch.tensor([0.0, 1.0]))
+    with pytest.raises(TypeError, match="generator"):
+        dl.ddpm_loss(_toy_model, S, X, generator=123)
+
+
+def test_ddpm_sample_bad_input():
+    with pytest.raises(TypeError, match="model"):
+        dl.ddpm_sample(None, S, (2, 3))
+    with pytest.raises(TypeError, match="schedule"):
+        dl.ddpm_sample(_toy_model, "linear", (2, 3))
+    with pytest.raises(ValueError, match="shape"):
+        dl.ddpm_sample(_toy_model, S, (2, 0))
+    with pytest.raises(TypeError, match="shape"):
+        dl.ddpm_sample(_toy_model, S, 5)
+    with pytest.raises(TypeError, match="shape"):
+        dl.ddpm_sample(_toy_model, S, (2, 1.5))
+    with pytest.raises(ValueError, match="cond"):
+        dl.ddpm_sample(_toy_model, S, (2, 3), cond=torch.tensor([1]))
+    with pytest.raises(ValueError, match="xT"):
+        dl.ddpm_sample(_toy_model, S, (2, 3), xT=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="xT"):
+        dl.ddpm_sample(_toy_model, S, (2, 3), xT=NAN)
+    with pytest.raises(TypeError, match="generator"):
+        dl.ddpm_sample(_toy_model, S, (2, 3), generator="seed")
+
+
+def test_ddpm_sample_rejects_a_broken_model():
+    with pytest.raises(ValueError, match="model"):
+        dl.ddpm_sample(lambda x, t, cond=None: x[:, :1], S, (2, 3))
+    with pytest.raises(ValueError, match="model"):
+        dl.ddpm_sample(lambda x, t, cond=None: x * float("nan"), S, (2, 3))
+
+
+def test_ddpm_sample_rejects_a_non_callable_callback():
+    with pytest.raises(TypeError, match="callback"):
+        dl.ddpm_sample(_toy_model, S, (2, 3), callback=5)
+
+
+def test_ddpm_sample_variance_option():
+    a = dl.ddpm_sample(_toy_model, S, (2, 3), generator=_gen(0), variance="beta")
+    b = dl.ddpm_sample(_toy_model, S, (2, 3), generator=_gen(0), variance="posterior")
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="variance"):
+        dl.ddpm_sample(_toy_model, S, (2, 3), variance="fixed_large")
+
