@@ -1,0 +1,274 @@
+"""DDIM: timesteps, sigma_t(eta), the step against Eq. 12 of Song et al. 2021 by hand and
+against DDPM at eta = 1, exact inversion for a constant-epsilon model, and bad input.
+(Oracle checks are in test_lib_samplers.py, diffusers ones in test_lib_diffusers.py.)"""
+import pytest
+import torch
+
+import diffusion_lab as dl
+
+S = dl.linear_schedule(T=20, beta_start=0.01, beta_end=0.3)
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _ab(t):
+    # alpha_bar with the convention alpha_bar_{-1} = 1.
+    return torch.tensor(1.0, dtype=torch.float64) if t < 0 else S.alpha_bars[t]
+
+
+# ---------------------------------------------------------------------------------------
+# timesteps
+# ---------------------------------------------------------------------------------------
+def test_ddim_timesteps_by_hand():
+    assert dl.ddim_timesteps(1000, 10, "trailing") == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert dl.ddim_timesteps(1000, 10, "leading") == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    # trailing: round(10, 6.67, 3.33) - 1; leading: (0, 3, 6) reversed.
+    assert dl.ddim_timesteps(10, 3, "trailing") == [9, 6, 2]
+    assert dl.ddim_timesteps(10, 3, "leading") == [6, 3, 0]
+    assert dl.ddim_timesteps(7, 7, "trailing") == [6, 5, 4, 3, 2, 1, 0]
+    assert dl.ddim_timesteps(7, 7, "leading") == [6, 5, 4, 3, 2, 1, 0]
+    assert dl.ddim_timesteps(50, 1, "trailing") == [49]
+    assert dl.ddim_timesteps(50, 1, "leading") == [0]
+    assert dl.ddim_timesteps(1000, 50) == dl.ddim_timesteps(1000, 50, "trailing")
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading"])
+@pytest.mark.parametrize("T, steps", [(1000, 50), (1000, 3), (1000, 999), (17, 5), (1, 1)])
+def test_ddim_timesteps_are_strictly_decreasing_in_range(T, steps, spacing):
+    ts = dl.ddim_timesteps(T, steps, spacing)
+    assert len(ts) == steps and all(isinstance(t, int) for t in ts)
+    assert all(0 <= t <= T - 1 for t in ts)
+    assert all(a > b for a, b in zip(ts, ts[1:]))
+
+
+# ---------------------------------------------------------------------------------------
+# sigma and step
+# ---------------------------------------------------------------------------------------
+def test_ddim_sigma_eq16():
+    like = torch.zeros(1, dtype=torch.float64)
+    for t, tp in [(5, 4), (19, 10), (3, -1)]:
+        ab, abp = _ab(t), _ab(tp)
+        expected = 0.7 * ((1 - abp) / (1 - ab)).sqrt() * (1 - ab / abp).sqrt()
+        torch.testing.assert_close(torch.as_tensor(dl.ddim_sigma(S, t, tp, 0.7, like)).reshape(()), expected)
+    # eta = 1 and consecutive steps: sigma^2 is DDPM's posterior variance beta_tilde_t.
+    for t in range(1, S.T):
+        s = torch.as_tensor(dl.ddim_sigma(S, t, t - 1, 1.0, like)).reshape(())
+        torch.testing.assert_close(s ** 2, S.posterior_variances[t])
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("t, t_prev", [(19, 14), (10, 9), (4, -1), (0, -1), (19, -1)])
+def test_ddim_step_is_eq12(t, t_prev, eta):
+    # x_prev = sqrt(ab_prev) (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)
+    #        + sqrt(1 - ab_prev - sigma^2) eps + sigma z,
+    # sigma = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev).
+    g = _gen(t * 10 + t_prev + 1)
+    xt, eps, z = (torch.randn(3, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    ab, abp = _ab(t), _ab(t_prev)
+    sigma = eta * ((1 - abp) / (1 - ab) * (1 - ab / abp)).sqrt()
+    x0 = (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
+    expected = abp.sqrt() * x0 + (1 - abp - sigma ** 2).sqrt() * eps + sigma * z
+    out = dl.ddim_step(S, xt, eps, t, t_prev, eta=eta, noise=z)
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("t", [0, 1, 2, 10, 19])
+def test_ddim_step_eta1_consecutive_equals_ddpm_step(t):
+    g = _gen(100 + t)
+    xt, eps, z = (torch.randn(5, 2, generator=g, dtype=torch.float64) for _ in range(3))
+    ddpm, _ = dl.ddpm_step(S, xt, eps, t, z, variance="posterior")
+    ddim = dl.ddim_step(S, xt, eps, t, t - 1, eta=1.0, noise=z)
+    torch.testing.assert_close(ddim, ddpm)
+
+
+def test_ddim_step_eta0_moves_along_the_forward_process_exactly():
+    # If eps is the true noise in x_t = q_sample(x0, t, eps), the deterministic DDIM step to
+    # any earlier t_prev lands on q_sample(x0, t_prev, eps): an index-sensitive identity.
+    g = _gen(1)
+    x0, eps = (torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    for t, tp in [(19, 0), (19, 18), (12, 5), (1, 0)]:
+        xt = dl.q_sample(S, x0, t, eps)
+        torch.testing.assert_close(dl.ddim_step(S, xt, eps, t, tp), dl.q_sample(S, x0, tp, eps))
+        torch.testing.assert_close(dl.ddim_step(S, xt, eps, t, -1), x0)
+
+
+def test_ddim_step_per_row_timesteps():
+    g = _gen(2)
+    xt, eps, z = (torch.randn(3, 2, generator=g, dtype=torch.float64) for _ in range(3))
+    t, tp = torch.tensor([19, 7, 3]), torch.tensor([15, -1, 2])
+    out = dl.ddim_step(S, xt, eps, t, tp, eta=0.5, noise=z)
+    for i in range(3):
+        row = dl.ddim_step(S, xt[i:i + 1], eps[i:i + 1], int(t[i]), int(tp[i]), eta=0.5, noise=z[i:i + 1])
+        torch.testing.assert_close(out[i:i + 1], row)
+
+
+def test_ddim_step_eta0_ignores_noise_and_float32_preserved():
+    xt, eps = torch.randn(2, 3, generator=_gen(3)), torch.randn(2, 3, generator=_gen(4))
+    a = dl.ddim_step(S, xt, eps, 10, 5)
+    b = dl.ddim_step(S, xt, eps, 10, 5, eta=0.0, noise=torch.randn(2, 3, generator=_gen(5)))
+    assert a.dtype == torch.float32
+    torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------------------
+# sampler and inversion plumbing
+# ---------------------------------------------------------------------------------------
+def _toy_model(x, t, cond=None):
+    return 0.3 * torch.tanh(x) + 0.01 * t.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.8])
+@pytest.mark.parametrize("spacing", ["trailing", "leading"])
+def test_ddim_sample_replays_ddim_step_by_hand(eta, spacing):
+    g = _gen(6)
+    x = torch.randn(4, 2, generator=g)
+    ts = dl.ddim_timesteps(S.T, 6, spacing)
+    for i, t in enumerate(ts):
+        tp = ts[i + 1] if i + 1 < len(ts) else -1
+        eps = _toy_model(x, torch.full((4,), t))
+        noise = torch.randn(4, 2, generator=g) if eta > 0 else None
+        x = dl.ddim_step(S, x, eps, t, tp, eta=eta, noise=noise)
+    out = dl.ddim_sample(_toy_model, S, (4, 2), steps=6, eta=eta, generator=_gen(6), spacing=spacing)
+    torch.testing.assert_close(out, x)
+
+
+def test_ddim_sample_callback_determinism_and_global_rng():
+    calls = []
+    state = torch.random.get_rng_state()
+    x = dl.ddim_sample(_toy_model, S, (3, 1, 2, 2), steps=5, eta=0.5, generator=_gen(7), callback=calls.append)
+    assert torch.equal(state, torch.random.get_rng_state())
+    ts = dl.ddim_timesteps(S.T, 5)
+    assert [c["t"] for c in calls] == ts
+    assert [c["t_prev"] for c in calls] == ts[1:] + [-1]
+    assert torch.equal(calls[-1]["x"], x)
+    assert torch.equal(x, dl.ddim_sample(_toy_model, S, (3, 1, 2, 2), steps=5, eta=0.5, generator=_gen(7)))
+
+
+def test_ddim_sample_eta0_is_deterministic_given_xT_and_steps_T_eta1_is_ddpm():
+    xT = torch.randn(4, 2, generator=_gen(8))
+    a = dl.ddim_sample(_toy_model, S, (4, 2), steps=7, xT=xT, generator=_gen(1))
+    b = dl.ddim_sample(_toy_model, S, (4, 2), steps=7, xT=xT, generator=_gen(2))
+    torch.testing.assert_close(a, b)
+    # steps = T and eta = 1 is DDPM ancestral sampling with the posterior variance, draw for draw.
+    ddim = dl.ddim_sample(_toy_model, S, (4, 2), steps=S.T, eta=1.0, generator=_gen(9))
+    ddpm = dl.ddpm_sample(_toy_model, S, (4, 2), generator=_gen(9))
+    torch.testing.assert_close(ddim, ddpm)
+
+
+@pytest.mark.parametrize("steps", [1, 4, 20])
+def test_ddim_invert_then_sample_is_exact_for_a_constant_epsilon_model(steps):
+    # With eps(x, t) = e for all x and t, the DDIM trajectories are exactly
+    # x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) e, so the inversion must land on
+    # q_sample(x0, t_first, e) and decoding must return x0, whatever the number of steps.
+    g = _gen(10)
+    x0, e = (torch.randn(3, 2, generator=g, dtype=torch.float64) for _ in range(2))
+    model = lambda x, t, cond=None: e.expand_as(x)  # noqa: E731
+    xT = dl.ddim_invert(model, S, x0, steps=steps)
+    first = dl.ddim_timesteps(S.T, steps)[0]
+    torch.testing.assert_close(xT, dl.q_sample(S, x0, first, e))
+    torch.testing.assert_close(dl.ddim_sample(model, S, x0.shape, steps=steps, xT=xT), x0)
+
+
+# ---------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------
+X = torch.zeros(2, 3)
+NAN = torch.tensor([[0.0, float("nan"), 0.0], [0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("T, steps, name, exc", [(0, 1, "T", ValueError), (10, 11, "steps", ValueError),
+                                                 (10, 0, "steps", ValueError), (10, 2.0, "steps", TypeError),
+                                                 (10.0, 2, "T", TypeError)])
+def test_ddim_timesteps_bad_input(T, steps, name, exc):
+    with pytest.raises(exc, match=name):
+        dl.ddim_timesteps(T, steps)
+
+
+def test_ddim_timesteps_bad_spacing():
+    with pytest.raises(ValueError, match="spacing"):
+        dl.ddim_timesteps(10, 2, "linspace")
+
+
+@pytest.mark.parametrize("t, t_prev, name", [(20, 5, "t"), (-1, -1, "t"), (5, 5, "t_prev"), (5, 7, "t_prev"),
+                                             (5, -2, "t_prev"), (torch.tensor([5, 3]), torch.tensor([4, 3]), "t_prev")])
+def test_ddim_step_bad_timesteps(t, t_prev, name):
+    with pytest.raises(ValueError, match=name):
+        dl.ddim_step(S, X, X, t, t_prev)
+
+
+def test_ddim_step_bad_input():
+    with pytest.raises(ValueError, match="eta"):
+        dl.ddim_step(S, X, X, 5, 4, eta=-0.1)
+    with pytest.raises(ValueError, match="eta"):
+        dl.ddim_step(S, X, X, 5, 4, eta=float("nan"))
+    with pytest.raises(ValueError, match="noise"):
+        dl.ddim_step(S, X, X, 5, 4, eta=0.5)
+    with pytest.raises(ValueError, match="noise"):
+        dl.ddim_step(S, X, X, 5, 4, eta=0.5, noise=NAN)
+    with pytest.raises(ValueError, match="eps"):
+        dl.ddim_step(S, X, torch.zeros(3, 2), 5, 4)
+    with pytest.raises(ValueError, match="xt"):
+        dl.ddim_step(S, NAN, X, 5, 4)
+    with pytest.raises(TypeError, match="schedule"):
+        dl.ddim_step(None, X, X, 5, 4)
+    with pytest.raises(TypeError, match="t_prev"):
+        dl.ddim_step(S, X, X, 5, 4.0)
+    with pytest.raises(TypeError, match="eta"):
+        dl.ddim_step(S, X, X, 5, 4, eta="0")
+
+
+def test_ddim_step_rejects_noise_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="noise"):
+        dl.ddim_step(S, X, X, 5, 4, eta=1.0, noise=torch.zeros(2, 1))
+
+
+def test_ddim_sigma_bad_input():
+    with pytest.raises(ValueError, match="eta"):
+        dl.ddim_sigma(S, 5, 4, -1.0, X)
+    with pytest.raises(ValueError, match="t"):
+        dl.ddim_sigma(S, 20, 4, 0.5, X)
+
+
+def test_ddim_sample_bad_input():
+    with pytest.raises(ValueError, match="steps"):
+        dl.ddim_sample(_toy_model, S, (2, 3), steps=21)
+    with pytest.raises(ValueError, match="steps"):
+        dl.ddim_sample(_toy_model, S, (2, 3), steps=0)
+    with pytest.raises(ValueError, match="eta"):
+        dl.ddim_sample(_toy_model, S, (2, 3), steps=5, eta=-1.0)
+    with pytest.raises(TypeError, match="model"):
+        dl.ddim_sample(3, S, (2, 3), steps=5)
+    with pytest.raises(TypeError, match="schedule"):
+        dl.ddim_sample(_toy_model, None, (2, 3), steps=5)
+    with pytest.raises(ValueError, match="shape"):
+        dl.ddim_sample(_toy_model, S, (0, 3), steps=5)
+    with pytest.raises(ValueError, match="xT"):
+        dl.ddim_sample(_toy_model, S, (2, 3), steps=5, xT=torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="cond"):
+        dl.ddim_sample(_toy_model, S, (2, 3), steps=5, cond=torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match="spacing"):
+        dl.ddim_sample(_toy_model, S, (2, 3), steps=5, spacing="uniform")
+    with pytest.raises(ValueError, match="model"):
+        dl.ddim_sample(lambda x, t, cond=None: x.sum(1), S, (2, 3), steps=5)
+    with pytest.raises(TypeError, match="generator"):
+        dl.ddim_sample(_toy_model, S, (2, 3), steps=5, eta=1.0, generator=1)
+
+
+def test_ddim_sample_rejects_a_non_callable_callback():
+    with pytest.raises(TypeError, match="callback"):
+        dl.ddim_sample(_toy_model, S, (2, 3), steps=5, callback="print")
+
+
+def test_ddim_invert_bad_input():
+    with pytest.raises(ValueError, match="steps"):
+        dl.ddim_invert(_toy_model, S, X, steps=21)
+    with pytest.raises(ValueError, match="x0"):
+        dl.ddim_invert(_toy_model, S, NAN, steps=5)
+    with pytest.raises(TypeError, match="model"):
+        dl.ddim_invert(None, S, X, steps=5)
+    with pytest.raises(TypeError, match="schedule"):
+        dl.ddim_invert(_toy_model, "cosine", X, steps=5)
+    with pytest.raises(ValueError, match="cond"):
+        dl.ddim_invert(_toy_model, S, X, steps=5, cond=torch.tensor([1, 2, 3]))
