@@ -287,3 +287,21 @@ def test_ddpm_sample_variance_option():
     with pytest.raises(ValueError, match="variance"):
         dl.ddpm_sample(_toy_model, S, (2, 3), variance="fixed_large")
 
+
+
+def test_ddpm_step_float32_is_as_accurate_as_float32_allows():
+    # STYLE: schedules are computed in float64, then cast. At small t, 1 - alpha_bar_t ~ 1e-4;
+    # computing it in float32 after the cast loses ~3 significant digits, and the posterior
+    # coefficients divide by it. With coefficients formed in float64 and cast once, a float32
+    # step differs from the float64 step by ~1e-6 for unit-scale inputs; 5e-5 leaves a wide
+    # margin. At t = 0 the step must return x0_hat itself (c0 = 1, ct = 0).
+    s = dl.linear_schedule()
+    g = _gen(20)
+    x, eps, z = (torch.randn(1000, 3, generator=g) for _ in range(3))
+    for t in (0, 1, 2, 5, 50):
+        out32, x0_32 = dl.ddpm_step(s, x, eps, t, z)
+        out64, _ = dl.ddpm_step(s, x.double(), eps.double(), t, z.double())
+        err = (out32.double() - out64).abs().max().item()
+        assert err < 5e-5, f"t = {t}: float32 step off by {err:.2e}"
+        if t == 0:
+            torch.testing.assert_close(out32, x0_32, rtol=1e-6, atol=1e-6)

@@ -241,3 +241,18 @@ def test_posterior_coefficients_bad_input():
         dl.posterior_coefficients(S, 10, X)
     with pytest.raises(TypeError, match="schedule"):
         dl.posterior_coefficients("linear", 1, X)
+
+
+def test_q_posterior_float32_is_as_accurate_as_float32_allows():
+    # As for ddpm_step: 1 - alpha_bar_t must not be formed in float32 at small t (it is ~1e-4
+    # and the coefficients divide by it). Coefficients formed in float64 and cast once give
+    # ~1e-6 error for unit-scale inputs; 5e-5 is a wide margin.
+    s = dl.linear_schedule()
+    g = _gen(20)
+    x0, xt = (torch.randn(1000, 3, generator=g) for _ in range(2))
+    for t in (1, 2, 5, 50):
+        m32, v32 = dl.q_posterior(s, x0, xt, t)
+        m64, v64 = dl.q_posterior(s, x0.double(), xt.double(), t)
+        err = (m32.double() - m64).abs().max().item()
+        assert err < 5e-5, f"t = {t}: float32 posterior mean off by {err:.2e}"
+        assert float(v32) == pytest.approx(float(v64), rel=1e-5)
