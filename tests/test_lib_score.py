@@ -1,0 +1,294 @@
+"""Score side: Langevin and annealed Langevin against exact scores, denoising score matching on
+data whose optimal score is known, the eps <-> score bridge, and bad input."""
+import math
+
+import pytest
+import torch
+
+import diffusion_lab as dl
+
+MU = torch.tensor([1.0, -0.5], dtype=torch.float64)
+COV = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=torch.float64)
+PREC = torch.linalg.inv(COV)
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _gauss_score(x):
+    # grad log N(x; MU, COV) = -COV^{-1} (x - MU), written out independently of the library.
+    return -(x.double() - MU) @ PREC.T
+
+
+def _assert_gaussian_moments(x, mean, cov, bias=0.0):
+    # Gaussian sampling theory: mean SE sqrt(C_ii / n), covariance SE sqrt((C_ii C_jj + C_ij^2) / n);
+    # 5 SE bands (fixed seeds), plus a relative allowance `bias` for a known approximation.
+    x = x.double()
+    n = x.shape[0]
+    sd = cov.diagonal().sqrt()
+    assert bool(((x.mean(0) - mean).abs() < 5 * sd / math.sqrt(n) + bias * sd).all()), (x.mean(0), mean)
+    se = ((cov.diagonal()[:, None] * cov.diagonal()[None, :] + cov ** 2) / n).sqrt()
+    c = torch.cov(x.T)
+    assert bool(((c - cov).abs() < 5 * se + bias * sd[:, None] * sd[None, :]).all()), (c, cov)
+
+
+# ---------------------------------------------------------------------------------------
+# Langevin
+# ---------------------------------------------------------------------------------------
+def test_langevin_step_by_hand():
+    h = 0.03
+    x = torch.randn(5, 2, generator=_gen(0))
+    out = dl.langevin_sample(lambda y: -y, x, h, 3, generator=_gen(1))
+    g = _gen(1)
+    y = x.clone()
+    for _ in range(3):
+        y = y + h * (-y) + math.sqrt(2 * h) * torch.randn(5, 2, generator=g)
+    torch.testing.assert_close(out, y)
+
+
+def test_langevin_on_an_exact_gaussian_score_reaches_its_stationary_law():
+    # Unadjusted Langevin on N(mu, Sigma) with step h is a Gaussian AR(1) chain whose stationary
+    # covariance is exactly Sigma (I - h Sigma^{-1} / 2)^{-1} (it tends to Sigma as h -> 0).
+    # 600 steps contract the start by (1 - h / 1.51)^600 < 1e-8; 4000 chains, 5 SE bands.
+    h = 0.05
+    stationary = COV @ torch.linalg.inv(torch.eye(2, dtype=torch.float64) - h * PREC / 2)
+    x = dl.langevin_sample(_gauss_score, torch.zeros(4000, 2, dtype=torch.float64), h, 600, generator=_gen(2))
+    _assert_gaussian_moments(x, MU, stationary)
+    assert float((stationary - COV).abs().max()) < 0.05  # and that law is close to the target
+
+
+def test_langevin_with_the_mixture_oracle_score_recovers_the_gaussian():
+    # Same chain driven by GaussianMixture.score (the oracle); small step h = 0.01, so the
+    # stationary covariance is within 1% of Sigma (formula above): 5 SE + 1%.
+    gm = dl.GaussianMixture(MU[None], covs=COV[None])
+    x = dl.langevin_sample(gm.score, torch.zeros(2000, 2), 0.01, 1500, generator=_gen(3))
+    _assert_gaussian_moments(x, MU, COV, bias=0.01)
+
+
+def test_langevin_callback_and_zero_steps():
+    calls = []
+    x = torch.zeros(3, 2)
+    out = dl.langevin_sample(lambda y: -y, x, 0.1, 4, generator=_gen(4), callback=calls.append)
+    assert [c["i"] for c in calls] == [0, 1, 2, 3] and torch.equal(calls[-1]["x"], out)
+    assert torch.equal(dl.langevin_sample(lambda y: -y, x, 0.1, 0), x)
+
+
+def test_annealed_langevin_by_hand():
+    sigmas = torch.tensor([1.0, 0.5, 0.2])
+    seen = []
+
+    def score_model(x, sigma):
+        seen.append(sigma.clone())
+        return -x / (1 + sigma[:, None] ** 2)
+
+    x = torch.randn(4, 2, generator=_gen(5))
+    out = dl.annealed_langevin_sample(score_model, sigmas, x, 0.01, 2, generator=_gen(6))
+    g = _gen(6)
+    y = x.clone()
+    for s in sigmas.tolist():
+        a = 0.01 * s ** 2 / 0.2 ** 2  # step alpha_i = step_size sigma_i^2 / sigma_L^2 (Song & Ermon 2019, Alg. 1)
+        for _ in range(2):
+            y = y + a * (-y / (1 + s ** 2)) + math.sqrt(2 * a) * torch.randn(4, 2, generator=g)
+    torch.testing.assert_close(out, y)
+    assert len(seen) == 6 and all(v.shape == (4,) for v in seen)
+    assert [float(v[0]) for v in seen] == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.2, 0.2])
+
+
+def test_annealed_langevin_with_the_exact_noise_score_recovers_a_two_mode_mixture():
+    # Target at the last level is p_{sigma_L} = mixture * N(0, sigma_L^2 I). Weights 0.7 / 0.3:
+    # plain Langevin could not move mass between the modes, annealing must. The approximation
+    # (finite steps per level, ULA bias) measured with 20000 chains: weight off by <= 0.01 and
+    # covariance by ~1%; with n = 2000 we allow 5 SE + 3% (moments) and 5 SE + 0.01 (weights).
+    gm = dl.GaussianMixture([[-1.5, 0.0], [1.5, 0.5]], stds=[0.5, 0.5], weights=[0.7, 0.3], labels=[0, 1])
+    sigmas = dl.geometric_sigmas(3.0, 0.1, 8)
+    x0 = 3 * torch.randn(2000, 2, generator=_gen(7))
+    x = dl.annealed_langevin_sample(gm.noise_score_model(), sigmas, x0, 0.005, 100, generator=_gen(8))
+    n = x.shape[0]
+    frac = gm.class_log_probs(x).argmax(1).double().mean().item()
+    assert abs(frac - 0.3) < 5 * math.sqrt(0.21 / n) + 0.01, frac
+    target_cov = gm.covariance() + 0.1 ** 2 * torch.eye(2, dtype=torch.float64)
+    xd = x.double()
+    sd = target_cov.diagonal().sqrt()
+    assert bool(((xd.mean(0) - gm.mean()).abs() < 5 * sd / math.sqrt(n) + 0.03 * sd).all()), xd.mean(0)
+    ref = gm.sample(100_000, _gen(9))[0].double() + 0.1 * torch.randn(100_000, 2, generator=_gen(10), dtype=torch.float64)
+    r = ref - gm.mean()
+    se = (r[:, :, None] * r[:, None, :]).std(0) / math.sqrt(n)
+    assert bool(((torch.cov(xd.T) - target_cov).abs() < 5 * se + 0.03 * sd[:, None] * sd[None, :]).all())
+
+
+def test_geometric_sigmas():
+    s = dl.geometric_sigmas(5.0, 0.01, 10)
+    assert s.shape == (10,)
+    assert float(s[0]) == pytest.approx(5.0) and float(s[-1]) == pytest.approx(0.01)
+    ratios = s[1:] / s[:-1]
+    torch.testing.assert_close(ratios, torch.full_like(ratios, (0.01 / 5.0) ** (1 / 9)), rtol=1e-5, atol=0)
+    assert float(dl.geometric_sigmas(2.0, 2.0, 1)[0]) == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------------------------------
+# denoising score matching
+# ---------------------------------------------------------------------------------------
+def test_dsm_loss_is_zero_for_the_exact_score_of_a_point_mass():
+    # Data all equal to c: p_sigma = N(c, sigma^2 I) and its score -(x - c) / sigma^2 equals the
+    # DSM target -z / sigma exactly, whatever sigma each sample draws.
+    c = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    exact = lambda x, sigma: -(x - c) / sigma[:, None] ** 2  # noqa: E731
+    loss = dl.dsm_loss(exact, c.expand(128, 3).clone(), [0.1, 0.5, 2.0], generator=_gen(11))
+    assert loss.ndim == 0 and loss.item() < 1e-20
+
+
+def test_dsm_loss_of_the_gaussian_oracle_matches_theory():
+    # Data N(0, I): p_sigma = N(0, (1 + sigma^2) I), exact score -x / (1 + sigma^2). Then
+    # sigma s + z = (z - sigma x) / (1 + sigma^2) has variance 1 / (1 + sigma^2) per coordinate,
+    # while the zero score leaves z (variance 1). So loss(oracle) / loss(0) = mean_i 1 / (1 + sigma_i^2),
+    # whatever the loss's constant factors. n = 8192 * 2 squared normals: SE of each mean
+    # < sqrt(2 / n) = 0.011 relative; 5 SE on the ratio => 0.08 relative (generous: both use the same draws).
+    sigmas = [0.2, 1.0, 3.0]
+    x = torch.randn(8192, 2, generator=_gen(12), dtype=torch.float64)
+    oracle = lambda y, sigma: -y / (1 + sigma[:, None] ** 2)  # noqa: E731
+    zero = lambda y, sigma: torch.zeros_like(y)  # noqa: E731
+    ratio = dl.dsm_loss(oracle, x, sigmas, generator=_gen(13)).item() / dl.dsm_loss(zero, x, sigmas, generator=_gen(13)).item()
+    expected = sum(1 / (1 + s ** 2) for s in sigmas) / 3
+    assert abs(ratio - expected) < 0.08 * expected
+
+
+def test_dsm_loss_weighting_is_sigma_squared():
+    # With lambda(sigma) = sigma^2, a score that is off by a constant vector d at noise level
+    # sigma costs (proportionally) sigma^2 |d|^2 on top of the minimum: check the ratio between levels.
+    c = torch.zeros(1, 2, dtype=torch.float64).expand(4096, 2).clone()
+    d = torch.tensor([0.3, -0.4], dtype=torch.float64)
+    off = lambda x, sigma: -(x - c) / sigma[:, None] ** 2 + d  # noqa: E731
+    l_small = dl.dsm_loss(off, c, [0.5], generator=_gen(14)).item()
+    l_big = dl.dsm_loss(off, c, [2.0], generator=_gen(14)).item()
+    assert l_big / l_small == pytest.approx((2.0 / 0.5) ** 2, rel=1e-9)
+
+
+def test_dsm_loss_deterministic_and_differentiable():
+    net = dl.ScoreMLP(dim=2, hidden=16, depth=1, emb_dim=8)
+    x = torch.randn(32, 2, generator=_gen(15))
+    a = dl.dsm_loss(net, x, [0.1, 1.0], generator=_gen(16))
+    b = dl.dsm_loss(net, x, [0.1, 1.0], generator=_gen(16))
+    assert a.item() == b.item()
+    a.backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_score_mlp_shapes_and_sigma_scaling():
+    net = dl.ScoreMLP(dim=3, hidden=16, depth=2, emb_dim=8)
+    x = torch.randn(5, 3, generator=_gen(17))
+    out = net(x, torch.full((5,), 0.3))
+    assert out.shape == (5, 3) and bool(torch.isfinite(out).all())
+    torch.testing.assert_close(net(x, 0.3), out)  # a scalar sigma broadcasts
+
+
+# ---------------------------------------------------------------------------------------
+# eps <-> score
+# ---------------------------------------------------------------------------------------
+def test_eps_to_score_recovers_the_exact_marginal_score():
+    s = dl.linear_schedule()
+    gm = dl.ring_mixture(4, radius=1.5, std=0.3)
+    x = torch.randn(6, 2, generator=_gen(18), dtype=torch.float64)
+    t = torch.tensor([0, 10, 100, 400, 800, 999])
+    score = dl.eps_to_score(gm.eps_model(s)(x, t), s, t)
+    ab = s.alpha_bars[t]
+    for i in range(6):
+        exact = gm.score(x[i:i + 1], scale=ab[i].sqrt(), var=1 - ab[i])
+        torch.testing.assert_close(score[i:i + 1], exact)
+
+
+def test_ddpm_score_model_and_ddpm_sigmas():
+    s = dl.linear_schedule()
+    sig = dl.ddpm_sigmas(s, 5)
+    ts = [999, 749, 500, 250, 0]
+    torch.testing.assert_close(sig.double(), (1 - s.alpha_bars[ts]).sqrt(), rtol=1e-6, atol=0)
+    gm = dl.ring_mixture(4, radius=1.5, std=0.3)
+    score_model = dl.ddpm_score_model(gm.eps_model(s), s)
+    x = torch.randn(5, 2, generator=_gen(19), dtype=torch.float64)
+    out = score_model(x, sig)
+    for i, t in enumerate(ts):
+        ab = s.alpha_bars[t]
+        torch.testing.assert_close(out[i:i + 1], gm.score(x[i:i + 1], scale=ab.sqrt(), var=1 - ab), rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------
+X = torch.zeros(4, 2)
+NAN = torch.tensor([[float("nan"), 0.0]] * 4)
+
+
+def test_langevin_bad_input():
+    f = lambda y: -y  # noqa: E731
+    for h in (0.0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="step_size"):
+            dl.langevin_sample(f, X, h, 5)
+    with pytest.raises(TypeError, match="step_size"):
+        dl.langevin_sample(f, X, "0.1", 5)
+    with pytest.raises(ValueError, match="n_steps"):
+        dl.langevin_sample(f, X, 0.1, -1)
+    with pytest.raises(TypeError, match="n_steps"):
+        dl.langevin_sample(f, X, 0.1, 2.5)
+    with pytest.raises(TypeError, match="score_fn"):
+        dl.langevin_sample(None, X, 0.1, 5)
+    with pytest.raises(ValueError, match="x"):
+        dl.langevin_sample(f, NAN, 0.1, 5)
+    with pytest.raises(ValueError, match="score"):
+        dl.langevin_sample(lambda y: y[:, :1], X, 0.1, 5)
+    with pytest.raises(ValueError, match="score"):
+        dl.langevin_sample(lambda y: y * float("nan"), X, 0.1, 5)
+    with pytest.raises(TypeError, match="generator"):
+        dl.langevin_sample(f, X, 0.1, 5, generator=0)
+
+
+def test_annealed_langevin_bad_input():
+    sm = lambda y, s: -y  # noqa: E731
+    with pytest.raises(ValueError, match="sigmas"):
+        dl.annealed_langevin_sample(sm, [1.0, 0.0], X, 0.1, 5)
+    with pytest.raises(ValueError, match="sigmas"):
+        dl.annealed_langevin_sample(sm, [], X, 0.1, 5)
+    with pytest.raises(ValueError, match="sigmas"):
+        dl.annealed_langevin_sample(sm, [1.0, float("nan")], X, 0.1, 5)
+    with pytest.raises(ValueError, match="step_size"):
+        dl.annealed_langevin_sample(sm, [1.0], X, 0.0, 5)
+    with pytest.raises(ValueError, match="n_steps_each"):
+        dl.annealed_langevin_sample(sm, [1.0], X, 0.1, 0)
+    with pytest.raises(TypeError, match="score_model"):
+        dl.annealed_langevin_sample("model", [1.0], X, 0.1, 5)
+    with pytest.raises(ValueError, match="x"):
+        dl.annealed_langevin_sample(sm, [1.0], NAN, 0.1, 5)
+
+
+def test_geometric_sigmas_bad_input():
+    with pytest.raises(ValueError, match="sigma_max"):
+        dl.geometric_sigmas(0.0, 0.01, 5)
+    with pytest.raises(ValueError, match="sigma_min"):
+        dl.geometric_sigmas(1.0, -0.01, 5)
+    with pytest.raises(ValueError, match="sigma_min"):
+        dl.geometric_sigmas(1.0, 2.0, 5)
+    with pytest.raises(ValueError, match="n"):
+        dl.geometric_sigmas(1.0, 0.1, 0)
+
+
+def test_dsm_loss_bad_input():
+    sm = lambda y, s: -y  # noqa: E731
+    with pytest.raises(ValueError, match="x"):
+        dl.dsm_loss(sm, NAN, [1.0])
+    with pytest.raises(ValueError, match="sigmas"):
+        dl.dsm_loss(sm, X, [-1.0])
+    with pytest.raises(ValueError, match="score_model"):
+        dl.dsm_loss(lambda y, s: y[:, :1], X, [1.0])
+    with pytest.raises(TypeError, match="score_model"):
+        dl.dsm_loss(None, X, [1.0])
+    with pytest.raises(TypeError, match="generator"):
+        dl.dsm_loss(sm, X, [1.0], generator=3)
+
+
+def test_eps_to_score_and_ddpm_sigmas_bad_input():
+    s = dl.linear_schedule(T=10, beta_start=0.01, beta_end=0.2)
+    with pytest.raises(ValueError, match="t"):
+        dl.eps_to_score(X, s, 10)
+    with pytest.raises(ValueError, match="n"):
+        dl.ddpm_sigmas(s, 11)
+    with pytest.raises(TypeError, match="schedule"):
+        dl.eps_to_score(X, "linear", 1)
