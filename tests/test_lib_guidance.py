@@ -129,3 +129,8 @@ def test_classifier_guidance_bad_input():
         dl.classifier_guidance(model, None, S, 1.0)
     with pytest.raises(ValueError, match="cond"):
         dl.classifier_guidance(model, _exact_classifier, S, 1.0)(X, torch.zeros(3, dtype=torch.long), None)
+
+
+def test_classifier_grad_rejects_labels_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="cond"):
+        dl.classifier_grad(_exact_classifier, X, torch.zeros(3, dtype=torch.long), torch.tensor([0, 1]))

@@ -292,3 +292,20 @@ def test_eps_to_score_and_ddpm_sigmas_bad_input():
         dl.ddpm_sigmas(s, 11)
     with pytest.raises(TypeError, match="schedule"):
         dl.eps_to_score(X, "linear", 1)
+
+
+def test_score_helpers_reject_a_non_schedule():
+    with pytest.raises(TypeError, match="schedule"):
+        dl.ddpm_sigmas("linear", 3)
+    with pytest.raises(TypeError, match="schedule"):
+        dl.ddpm_score_model(lambda x, t, cond=None: x, "linear")
+
+
+def test_dsm_loss_rejects_a_non_generator():
+    with pytest.raises(TypeError, match="generator"):
+        dl.dsm_loss(lambda y, s: -y, X, [1.0], generator=3)
+
+
+def test_langevin_rejects_a_non_callable_callback():
+    with pytest.raises(TypeError, match="callback"):
+        dl.langevin_sample(lambda y: -y, X, 0.1, 2, callback=5)
