@@ -8,6 +8,7 @@ import math
 import matplotlib
 import matplotlib.pyplot as plt
 import torch
+from PIL import Image
 
 from ._checks import check_int, check_number
 
@@ -30,17 +31,29 @@ def set_style(dpi: int = 90) -> None:
     })
 
 
-def fig_to_png(fig: matplotlib.figure.Figure, *, dpi: float = 80, close: bool = True) -> bytes:
-    """Render a matplotlib figure to PNG bytes (small by default: dpi 80) and close it."""
+def fig_to_png(fig: matplotlib.figure.Figure, *, dpi: float = 80, colors: int | None = 64,
+               close: bool = True) -> bytes:
+    """Render a matplotlib figure to small PNG bytes (for widget frames) and close it.
+
+    `colors` reduces the image to a palette of that many colours (64 keeps line plots
+    crisp at about a third of the size); `None` keeps full RGBA.
+    """
     if not isinstance(fig, matplotlib.figure.Figure):
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
     check_number("dpi", dpi, low=10, high=600)
+    if colors is not None:
+        check_int("colors", colors, low=2, high=256)
     buf = io.BytesIO()
     # metadata={"Software": None}: no matplotlib version in the file, so frames are reproducible.
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     if close:
         plt.close(fig)
-    return buf.getvalue()
+    if colors is None:
+        return buf.getvalue()
+    img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    out = io.BytesIO()
+    img.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, *, value_range=(-1.0, 1.0),
