@@ -40,7 +40,7 @@ def cmd_train(args) -> int:
     model, losses = train_ddpm(x, y, config)
     meta = {"data": args.data, "T": config.T, "schedule": config.schedule, "sample_shape": list(x.shape[1:]),
             "num_classes": None if y is None else int(y.max()) + 1, "final_loss": sum(losses[-100:]) / len(losses[-100:]),
-            "command": "python -m diffusion_lab " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
+            "command": "python -m diffusion_lab " + " ".join(shlex.quote(a) for a in args.argv)}
     save_checkpoint(args.out, model, meta)
     print(f"saved {args.out} (final loss {meta['final_loss']:.4f})")
     return 0
@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError) as e:

@@ -1,6 +1,12 @@
 """Small networks sized for a laptop CPU: a time-conditioned MLP for vectors, a small U-Net
 for images (any size >= 4, e.g. 8x8 and 28x28), and noise-aware classifiers p(c | x_t, t).
 
+Denoisers output eps_hat = x + f(x, t, cond) with f's last layer initialized to zero: at high
+noise the true eps is almost exactly x_t, and deterministic DDIM multiplies errors made there
+by up to 1/sqrt(alpha_bar_T) (about 160 for the linear schedule), so the network is asked only
+for the small correction. Without this skip a small MLP trained on 2-D toys gave DDPM samples
+of good quality but DDIM samples several times too spread out.
+
 Class conditioning uses a learned null label (index num_classes) so one network is both
 the conditional and the unconditional model, as classifier-free guidance needs
 (Ho & Salimans 2021). Every denoiser follows model(x, t, cond=None) -> eps_hat.
@@ -80,7 +86,7 @@ class TimeMLP(nn.Module):
         self.cond = Conditioning(emb_dim, num_classes)
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList([ResMLPBlock(hidden, emb_dim) for _ in range(depth)])
-        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), _zero(nn.Linear(hidden, dim)))
 
     @property
     def num_classes(self):
@@ -93,7 +99,14 @@ class TimeMLP(nn.Module):
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(h)
+        return x + self.out(h)
+
+
+def _zero(layer: nn.Module) -> nn.Module:
+    """Zero a layer's weights and bias so the residual path starts at exactly 0."""
+    for p in layer.parameters():
+        nn.init.zeros_(p)
+    return layer
 
 
 def _groups(ch: int) -> int:
@@ -142,7 +155,7 @@ class UNet(nn.Module):
         for ch in reversed(chans):
             self.up_blocks.append(ResBlock(c + ch, ch, emb_dim))
             c = ch
-        self.out = nn.Sequential(nn.GroupNorm(_groups(c), c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
+        self.out = nn.Sequential(nn.GroupNorm(_groups(c), c), nn.SiLU(), _zero(nn.Conv2d(c, in_channels, 3, padding=1)))
 
     @property
     def num_classes(self):
@@ -164,7 +177,7 @@ class UNet(nn.Module):
             skip = skips.pop()
             h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
             h = block(torch.cat([h, skip], 1), emb)
-        return self.out(h)
+        return x + self.out(h)
 
 
 class NoisyClassifier(nn.Module):

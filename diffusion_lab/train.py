@@ -27,8 +27,8 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 6000                # optimizer steps
-    batch_size: int = 512
+    steps: int = 3000                # optimizer steps
+    batch_size: int = 256
     lr: float = 2e-3                 # peak learning rate (linear warm-up, then cosine decay to lr / 10)
     warmup: int = 100
     grad_clip: float | None = 1.0    # max gradient norm (None: no clipping)

@@ -1,0 +1,63 @@
+"""Regenerate the pretrained checkpoints shipped in diffusion_lab/checkpoints/.
+
+    python scripts/make_checkpoints.py            # all of them
+    python scripts/make_checkpoints.py digits_ddpm digits_cfg
+
+Each is made by the package's own trainers with the settings below, seeded, and records the
+command that made it in its meta["command"]. Times on a 2-core CPU are a few minutes each.
+"""
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import diffusion_lab as dl
+from diffusion_lab.cli import main as cli_main
+
+OUT = Path(dl.__file__).parent / "checkpoints"
+COMMAND = "python scripts/make_checkpoints.py {name}"
+
+
+def digits_ddpm():
+    cli_main(["train", "--data", "digits", "--steps", "6000", "--batch-size", "128", "--lr", "1e-3",
+              "--out", str(OUT / "digits_ddpm.pt"), "--no-progress"])
+
+
+def digits_cfg():
+    cli_main(["train", "--data", "digits", "--conditional", "--steps", "6000", "--batch-size", "128", "--lr", "1e-3",
+              "--out", str(OUT / "digits_cfg.pt"), "--no-progress"])
+
+
+def digits_noisy_classifier():
+    x, y = dl.load_digits()
+    model, losses = dl.train_classifier(x, y, steps=3000, batch_size=128, lr=1e-3, progress=False)
+    dl.save_checkpoint(OUT / "digits_noisy_classifier.pt", model,
+                       {"T": 1000, "schedule": "linear", "final_loss": sum(losses[-100:]) / 100,
+                        "command": COMMAND.format(name="digits_noisy_classifier")})
+
+
+def digits_judge():
+    clf, acc = dl.train_digits_classifier(steps=1500, seed=0)
+    dl.save_checkpoint(OUT / "digits_judge.pt", clf, {"heldout_accuracy": acc, "seed": 0, "test_fraction": 0.25,
+                                                        "command": COMMAND.format(name="digits_judge")})
+
+
+def digits_vae():
+    x, _ = dl.load_digits()
+    model, losses = dl.train_vae(x, latent_dim=2, steps=4000, batch_size=128, lr=1e-3, progress=False)
+    dl.save_checkpoint(OUT / "digits_vae.pt", model, {"latent_dim": 2, "beta": 1.0, "decoder_std": 0.2,
+                                                      "final_loss": sum(losses[-100:]) / 100,
+                                                      "command": COMMAND.format(name="digits_vae")})
+
+
+ALL = {f.__name__: f for f in (digits_ddpm, digits_cfg, digits_noisy_classifier, digits_judge, digits_vae)}
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(ALL)
+    for name in names:
+        if name not in ALL:
+            raise SystemExit(f"unknown checkpoint {name!r}; choose from {sorted(ALL)}")
+        t0 = time.time()
+        ALL[name]()
+        print(f"{name}: {time.time() - t0:.0f} s")
