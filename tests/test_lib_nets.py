@@ -11,10 +11,30 @@ def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
-def _seeded(factory, seed=0):
+def _seeded(factory, seed=0, perturb=True):
+    """Build a network with seeded weights. The denoisers' last layer starts at zero (eps_hat = x
+    at initialization); perturb=True gives it small random weights so that the dependence on
+    t and cond, which flows through that layer, is visible."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return factory()
+        net = factory()
+        last = net.out[-1] if hasattr(net, "out") else None
+        if perturb and last is not None:
+            for p in last.parameters():
+                torch.nn.init.normal_(p, std=0.1)
+        return net
+
+
+@pytest.mark.parametrize("factory, shape", [
+    (lambda: dl.TimeMLP(dim=3, hidden=16, depth=1, emb_dim=8, num_classes=2), (4, 3)),
+    (lambda: dl.UNet(in_channels=1, base=8, mults=(1, 2), emb_dim=16, num_classes=2), (4, 1, 8, 8))])
+def test_denoisers_start_as_the_identity_skip(factory, shape):
+    # eps_hat = x + f(x, t, cond) with f's last layer zero at initialization: at high noise the
+    # exact epsilon is ~x_t, so an untrained network already starts there.
+    net = _seeded(factory, perturb=False)
+    x = torch.randn(*shape, generator=_gen(10))
+    t = torch.tensor([0, 10, 500, 999])
+    torch.testing.assert_close(net(x, t, torch.tensor([0, 1, 2, 0])), x)
 
 
 def test_timestep_embedding():
