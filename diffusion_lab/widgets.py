@@ -49,14 +49,14 @@ def _frames(name: str, frames, n: int, values_name: str, dpi: float) -> list[byt
     return [_png(f"{name}[{i}]", f, dpi) for i, f in enumerate(frames)]
 
 
-def _slider(labels: list[str], description: str, initial: int) -> W.SelectionSlider:
+def _slider(labels: list[str], description: str, initial: int, label_width: str = "initial") -> W.SelectionSlider:
     if not isinstance(description, str):
         raise TypeError(f"description must be a string, got {type(description).__name__}")
     if isinstance(initial, bool) or not isinstance(initial, numbers.Integral) or not 0 <= initial < len(labels):
         raise ValueError(f"initial index must be an integer in [0, {len(labels) - 1}], got {initial!r}")
     return W.SelectionSlider(options=labels, index=int(initial), description=description,
-                             continuous_update=True, style={"description_width": "initial"},
-                             layout=W.Layout(width="420px"))
+                             continuous_update=True, style={"description_width": label_width},
+                             layout=W.Layout(width="520px", max_width="100%"))
 
 
 def _stack(pngs: list[bytes], initial: int) -> W.Stack:
@@ -94,8 +94,10 @@ def frame_grid(frames_2d, values_a, values_b, desc_a: str, desc_b: str, *,
     rows = [_frames(f"frames_2d[{i}]", row, len(labels_b), "values_b", dpi) for i, row in enumerate(frames_2d)]
     if not (isinstance(initial, tuple) and len(initial) == 2):
         raise ValueError(f"initial must be a pair of indices (i, j), got {initial!r}")
-    slider_a = _slider(labels_a, desc_a, initial[0])
-    slider_b = _slider(labels_b, desc_b, initial[1])
+    # One label width for both sliders, so that their tracks line up.
+    width = f"{0.6 * max(len(str(desc_a)), len(str(desc_b))) + 1:.1f}em"
+    slider_a = _slider(labels_a, desc_a, initial[0], width)
+    slider_b = _slider(labels_b, desc_b, initial[1], width)
     inner = [_stack(row, initial[1]) for row in rows]
     outer = W.Stack(inner, selected_index=initial[0])
     box = W.VBox([slider_a, slider_b, outer])

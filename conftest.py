@@ -1,0 +1,46 @@
+"""Repository-wide pytest settings for the book: nbval defaults and the built website.
+
+* Notebooks (`pytest --nbval book/...`) always run in this environment's kernel and are
+  compared with tests/nbval_sanitize.cfg applied, without extra command-line flags.
+* `built_site` builds the website once per session (fresh, warnings as errors) for
+  tests/test_site_build.py and tests/test_browser.py. Set DIFFUSION_LAB_SITE=existing to
+  reuse an existing _build/html instead (handy while working on the browser test).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+HTML_DIR = ROOT / "_build" / "html"
+BUILD_CMD = ["build", ".", "--all", "-W", "-n", "--keep-going"]  # same flags as `make book`
+
+
+def pytest_configure(config):
+    opt = config.option
+    if getattr(opt, "nbval_sanitize_with", None) is None:
+        opt.nbval_sanitize_with = str(ROOT / "tests" / "nbval_sanitize.cfg")
+    if hasattr(opt, "nbval_current_env") and not getattr(opt, "nbval_kernel_name", None):
+        opt.nbval_current_env = True
+
+
+class SiteBuild:
+    def __init__(self, returncode: int, log: str, seconds: float, html_dir: Path):
+        self.returncode, self.log, self.seconds, self.html_dir = returncode, log, seconds, html_dir
+
+
+@pytest.fixture(scope="session")
+def built_site() -> SiteBuild:
+    if os.environ.get("DIFFUSION_LAB_SITE") == "existing":
+        if not (HTML_DIR / "index.html").is_file():
+            pytest.fail(f"DIFFUSION_LAB_SITE=existing but {HTML_DIR / 'index.html'} does not exist; run `make book`")
+        return SiteBuild(0, "(reused existing build)", 0.0, HTML_DIR)
+    jb = Path(sys.executable).with_name("jupyter-book")
+    start = time.perf_counter()
+    proc = subprocess.run([str(jb), *BUILD_CMD], cwd=ROOT, capture_output=True, text=True)
+    return SiteBuild(proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - start, HTML_DIR)
