@@ -44,3 +44,12 @@ def built_site() -> SiteBuild:
     start = time.perf_counter()
     proc = subprocess.run([str(jb), *BUILD_CMD], cwd=ROOT, capture_output=True, text=True)
     return SiteBuild(proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - start, HTML_DIR)
+
+
+LAST = ("test_site_build.py", "test_browser.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the site build and the browser test last: after nbval has validated the
+    stored outputs that the site shows. (The sort is stable; other tests keep their order.)"""
+    items.sort(key=lambda item: LAST.index(item.path.name) + 1 if item.path.name in LAST else 0)
