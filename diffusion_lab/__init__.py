@@ -15,6 +15,7 @@ from .score import (ScoreMLP, annealed_langevin_sample, ddpm_score_model, ddpm_s
 from .guidance import cfg, cfg_eps, classifier_grad, classifier_guidance
 from .nets import NoisyClassifier, TimeMLP, UNet, make_denoiser, timestep_embedding
 from .vae import VAE, vae_loss
+from . import data
 from .data import labelled_mixture, load_digits, load_mnist, make_toy, read_idx, swiss_roll, two_moons
 from .metrics import DigitsClassifier, classifier_accuracy, mmd, sliced_wasserstein, train_digits_classifier
 from .elbo import ddpm_elbo

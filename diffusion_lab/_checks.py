@@ -98,14 +98,23 @@ def check_shape(name: str, shape) -> tuple:
     return tuple(int(s) for s in shape)
 
 
+def check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+def check_callback(callback) -> None:
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+
+
 def randn(shape, generator: torch.Generator | None, *, device, dtype=torch.float32) -> torch.Tensor:
     """Standard normal noise drawn from `generator` (on the generator's device) and moved to `device`.
 
     Drawing on the generator's own device keeps a seeded run identical whether the
     tensors live on the CPU or a GPU.
     """
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    check_generator(generator)
     gen_device = generator.device if generator is not None else torch.device(device)
     z = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype)
     return z.to(device)

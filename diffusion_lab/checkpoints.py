@@ -31,6 +31,9 @@ def save_checkpoint(path, model: torch.nn.Module, meta: dict | None = None) -> P
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)     # atomic: readers see the old file or the new one, never half of one
     finally:
         if os.path.exists(tmp):
@@ -64,6 +67,8 @@ def load_checkpoint(path, map_location="cpu"):
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not match {payload['class']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.load_state_dict(payload["state_dict"])
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
     return model.eval(), payload["meta"]
 
 

@@ -34,7 +34,12 @@ def cmd_train(args) -> int:
     elif y is None:
         raise SystemExit(f"error: --conditional needs labelled data (digits or mixture), got --data {args.data}")
     defaults = TrainConfig()
-    net = {"base": args.width} if x.ndim == 4 and args.width else ({"hidden": args.width} if args.width else {})
+    mlp = x.ndim == 2 or args.arch == "mlp"
+    net = {"arch": args.arch} if x.ndim == 4 else {}
+    if args.width:
+        net["hidden" if mlp else "base"] = args.width
+    if args.depth and mlp:
+        net["depth"] = args.depth
     config = TrainConfig(steps=args.steps or defaults.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          T=args.T, schedule=args.schedule, progress=not args.no_progress, net=net)
     model, losses = train_ddpm(x, y, config)
@@ -103,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--T", type=int, default=1000)
     t.add_argument("--schedule", choices=("linear", "cosine"), default="linear")
     t.add_argument("--width", type=int, default=None, help="MLP hidden size or U-Net base channels")
+    t.add_argument("--depth", type=int, default=None, help="MLP residual blocks")
+    t.add_argument("--arch", choices=("auto", "mlp", "unet"), default="auto",
+                   help="for images: U-Net (auto) or an MLP over the flattened pixels")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True)
     t.add_argument("--no-progress", action="store_true")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ._checks import check_int, check_number, check_shape, check_tensor, randn
+from ._checks import (check_callback, check_generator, check_int, check_number, check_same_device, check_shape,
+                      check_tensor, randn)
 from .ddpm import _check_cond, _check_model, call_model, model_device
 from .forward import _check_schedule
 from .schedules import Schedule
@@ -28,17 +29,23 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
 
 
 def _alpha_bar(schedule: Schedule, t, like):
-    """alpha_bar_t with the convention alpha_bar_{-1} = 1 (the clean data)."""
+    """alpha_bar_t in float64 with the convention alpha_bar_{-1} = 1 (the clean data)."""
     t = t if isinstance(t, torch.Tensor) else torch.tensor(t)
     ab = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alpha_bars])
-    return schedule.at(ab, t + 1, like)
+    return schedule.at(ab, t + 1, like, dtype=torch.float64)
+
+
+def _sigma64(ab, ab_prev, eta):
+    return eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
 
 
 def ddim_sigma(schedule: Schedule, t, t_prev, eta: float, like: torch.Tensor) -> torch.Tensor:
     """sigma_t(eta) = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev) (Song et al. 2021, Eq. 16)."""
-    ab = _alpha_bar(schedule, t, like)
-    ab_prev = _alpha_bar(schedule, t_prev, like)
-    return eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
+    _check_schedule(schedule)
+    eta = check_number("eta", eta, low=0)
+    check_tensor("like", like)
+    t, t_prev = _check_pair(schedule, t, t_prev)
+    return _sigma64(_alpha_bar(schedule, t, like), _alpha_bar(schedule, t_prev, like), eta).to(like.dtype)
 
 
 def _check_pair(schedule, t, t_prev):
@@ -68,25 +75,32 @@ def ddim_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t, t_prev
     check_tensor("eps", eps)
     if eps.shape != xt.shape:
         raise ValueError(f"eps must have the shape of xt {tuple(xt.shape)}, got {tuple(eps.shape)}")
+    check_same_device(xt=xt, eps=eps)
     eta = check_number("eta", eta, low=0)
     t, t_prev = _check_pair(schedule, t, t_prev)
-    ab = _alpha_bar(schedule, t, xt)
+    if (t.ndim and t.shape[0] != xt.shape[0]) or (t_prev.ndim and t_prev.shape[0] != xt.shape[0]):
+        raise ValueError(f"t and t_prev must be ints or have shape ({xt.shape[0]},)")
+    ab = _alpha_bar(schedule, t, xt)             # float64 coefficients, cast at the end
     ab_prev = _alpha_bar(schedule, t_prev, xt)
+    dt = xt.dtype
     # 1. predicted x0 (Eq. 12, first term)
-    x0_hat = (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
+    x0_hat = (xt - (1 - ab).sqrt().to(dt) * eps) / ab.sqrt().to(dt)
     if clip_x0 is not None:
         x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
     # 2. sigma_t(eta) (Eq. 16)
-    sigma = ddim_sigma(schedule, t, t_prev, eta, xt)
+    sigma = _sigma64(ab, ab_prev, eta)
     # 3. direction pointing to x_t (Eq. 12, second term)
-    direction = (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
-    x_prev = ab_prev.sqrt() * x0_hat + direction
+    direction = (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt().to(dt) * eps
+    x_prev = ab_prev.sqrt().to(dt) * x0_hat + direction
     # 4. random noise (Eq. 12, third term)
     if eta > 0:
         if noise is None:
             raise ValueError("noise is required when eta > 0 (pass a standard normal tensor of xt's shape)")
         check_tensor("noise", noise)
-        x_prev = x_prev + sigma * noise
+        if noise.shape != xt.shape:
+            raise ValueError(f"noise must have xt's shape {tuple(xt.shape)}, got {tuple(noise.shape)}")
+        check_same_device(xt=xt, noise=noise)
+        x_prev = x_prev + sigma.to(dt) * noise
     return x_prev
 
 
@@ -101,6 +115,8 @@ def ddim_sample(model, schedule: Schedule, shape, steps: int = 50, eta: float = 
     shape = check_shape("shape", shape)
     _check_cond(cond, shape[0])
     eta = check_number("eta", eta, low=0)
+    check_callback(callback)
+    check_generator(generator)
     ts = ddim_timesteps(schedule.T, steps, spacing)
     device = model_device(model, device)
     x = randn(shape, generator, device=device) if xT is None else check_tensor("xT", xT).to(device)
@@ -113,7 +129,8 @@ def ddim_sample(model, schedule: Schedule, shape, steps: int = 50, eta: float = 
         x_new = ddim_step(schedule, x, eps, t, t_prev, eta=eta, noise=noise, clip_x0=clip_x0)
         if callback is not None:
             ab = _alpha_bar(schedule, t, x)
-            callback({"i": i, "t": t, "t_prev": t_prev, "x": x_new, "x0_hat": (x - (1 - ab).sqrt() * eps) / ab.sqrt()})
+            x0_hat = (x - (1 - ab).sqrt().to(x.dtype) * eps) / ab.sqrt().to(x.dtype)
+            callback({"i": i, "t": t, "t_prev": t_prev, "x": x_new, "x0_hat": x0_hat})
         x = x_new
     return x
 
@@ -138,7 +155,8 @@ def ddim_invert(model, schedule: Schedule, x0: torch.Tensor, steps: int = 50, co
         eps = call_model(model, x, t, cond)
         ab_prev = _alpha_bar(schedule, prev, x)
         ab = _alpha_bar(schedule, t, x)
-        x0_hat = (x - (1 - ab_prev).sqrt() * eps) / ab_prev.sqrt()
-        x = ab.sqrt() * x0_hat + (1 - ab).sqrt() * eps
+        dt = x.dtype
+        x0_hat = (x - (1 - ab_prev).sqrt().to(dt) * eps) / ab_prev.sqrt().to(dt)
+        x = ab.sqrt().to(dt) * x0_hat + (1 - ab).sqrt().to(dt) * eps
         prev = t
     return x

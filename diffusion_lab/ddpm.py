@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ._checks import check_shape, check_tensor, randn
+from ._checks import check_callback, check_generator, check_same_device, check_shape, check_tensor, randn
 from .forward import _check_schedule, posterior_coefficients, predict_x0, q_sample
 from .schedules import Schedule
 
@@ -52,6 +52,7 @@ def ddpm_loss(model, schedule: Schedule, x0: torch.Tensor, cond=None, generator:
     _check_schedule(schedule)
     check_tensor("x0", x0)
     _check_cond(cond, x0.shape[0])
+    check_generator(generator)
     gen_device = generator.device if generator is not None else x0.device
     t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator, device=gen_device).to(x0.device)
     noise = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
@@ -70,7 +71,11 @@ def ddpm_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t: int, n
     """
     if variance not in ("posterior", "beta"):
         raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
-    t = int(schedule.check_t(t))
+    _check_schedule(schedule)
+    t = schedule.check_t(t)
+    if t.ndim != 0:
+        raise ValueError(f"t must be a single integer timestep for ddpm_step, got shape {tuple(t.shape)}")
+    t = int(t)
     x0_hat = predict_x0(schedule, xt, eps, t)
     if clip_x0 is not None:
         x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
@@ -82,6 +87,9 @@ def ddpm_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t: int, n
     if noise is None:
         raise ValueError("noise is required for t >= 1 (pass a standard normal tensor of the input's shape)")
     check_tensor("noise", noise)
+    if noise.shape != xt.shape:
+        raise ValueError(f"noise must have xt's shape {tuple(xt.shape)}, got {tuple(noise.shape)}")
+    check_same_device(xt=xt, noise=noise)
     return mean + var.sqrt() * noise, x0_hat
 
 
@@ -98,6 +106,8 @@ def ddpm_sample(model, schedule: Schedule, shape, cond=None, generator: torch.Ge
     _check_schedule(schedule)
     shape = check_shape("shape", shape)
     _check_cond(cond, shape[0])
+    check_callback(callback)
+    check_generator(generator)
     device = model_device(model, device)
     x = randn(shape, generator, device=device) if xT is None else check_tensor("xT", xT).to(device)
     if x.shape != shape:

@@ -13,8 +13,8 @@ import math
 import torch
 
 from ._checks import check_tensor, randn
-from .ddpm import call_model
-from .forward import posterior_coefficients, predict_x0, q_sample
+from .ddpm import _check_model, call_model
+from .forward import _check_schedule, posterior_coefficients, predict_x0, q_sample
 from .gaussians import gaussian_log_prob, kl_normal
 from .schedules import Schedule
 
@@ -25,6 +25,8 @@ def ddpm_elbo(model, schedule: Schedule, x0: torch.Tensor, cond=None, generator:
     """Per-term bound for a batch of vectors x0 (B, D). Returns a dict with
     "L_0", "L_T" (floats, nats per example), "L_t" (tensor (T,), L_t[t] for t >= 1, L_t[0] = 0),
     "total_nats" (L_0 + sum L_t + L_T per example), "bits_per_dim", and per-example "per_example" (B,)."""
+    _check_model(model)
+    _check_schedule(schedule)
     check_tensor("x0", x0)
     if x0.ndim != 2:
         raise ValueError(f"x0 must be vectors of shape (B, D), got {tuple(x0.shape)}")

@@ -28,8 +28,8 @@ def q_sample(schedule: Schedule, x0: torch.Tensor, t, noise: torch.Tensor) -> to
     check_same_device(x0=x0, noise=noise)
     t = schedule.check_t(t)
     _check_batch_t(t, x0)
-    ab = schedule.at(schedule.alpha_bars, t, x0)
-    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    ab = schedule.alpha_bars
+    return schedule.at(ab.sqrt(), t, x0) * x0 + schedule.at((1 - ab).sqrt(), t, x0) * noise
 
 
 def predict_x0(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
@@ -40,20 +40,19 @@ def predict_x0(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t) -> to
     check_same_shape(xt=xt, eps=eps)
     t = schedule.check_t(t)
     _check_batch_t(t, xt)
-    ab = schedule.at(schedule.alpha_bars, t, xt)
-    return (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
+    ab = schedule.alpha_bars
+    return (xt - schedule.at((1 - ab).sqrt(), t, xt) * eps) / schedule.at(ab.sqrt(), t, xt)
 
 
 def posterior_coefficients(schedule: Schedule, t, like: torch.Tensor):
-    """(c0, ct, var) with q(x_{t-1} | x_t, x_0) = N(c0 x0 + ct xt, var); at t = 0, c0 = 1, ct = 0, var = 0."""
-    ab = schedule.at(schedule.alpha_bars, t, like)
-    ab_prev = schedule.at(schedule.alpha_bars_prev, t, like)
-    beta = schedule.at(schedule.betas, t, like)
-    alpha = 1 - beta
+    """(c0, ct, var) with q(x_{t-1} | x_t, x_0) = N(c0 x0 + ct xt, var); at t = 0, c0 = 1, ct = 0, var = 0.
+    Computed in float64 on the whole schedule, then gathered and cast to like's dtype."""
+    _check_schedule(schedule)
+    t = schedule.check_t(t)
+    ab, ab_prev, beta = schedule.alpha_bars, schedule.alpha_bars_prev, schedule.betas
     c0 = beta * ab_prev.sqrt() / (1 - ab)          # Ho et al. 2020, Eq. 7
-    ct = (1 - ab_prev) * alpha.sqrt() / (1 - ab)
-    var = schedule.at(schedule.posterior_variances, t, like)
-    return c0, ct, var
+    ct = (1 - ab_prev) * (1 - beta).sqrt() / (1 - ab)
+    return schedule.at(c0, t, like), schedule.at(ct, t, like), schedule.at(schedule.posterior_variances, t, like)
 
 
 def q_posterior(schedule: Schedule, x0: torch.Tensor, xt: torch.Tensor, t):

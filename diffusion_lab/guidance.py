@@ -39,9 +39,20 @@ def cfg(model, scale: float):
 
 def classifier_grad(classifier, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     """grad_x log p_phi(cond | x, t) for a classifier returning logits classifier(x, t)."""
+    if not callable(classifier):
+        raise TypeError(f"classifier must be callable as classifier(x, t), got {type(classifier).__name__}")
+    check_tensor("x", x)
+    if not isinstance(cond, torch.Tensor) or cond.dtype.is_floating_point or cond.shape != (x.shape[0],):
+        got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+        raise ValueError(f"cond must be integer labels of shape ({x.shape[0]},), got {got}")
     with torch.enable_grad():
         x_in = x.detach().requires_grad_(True)
-        logp = torch.log_softmax(classifier(x_in, t), dim=-1)
+        logits = classifier(x_in, t)
+        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+            raise ValueError(f"classifier must return logits of shape ({x.shape[0]}, num_classes), got {tuple(logits.shape)}")
+        if int(cond.min()) < 0 or int(cond.max()) >= logits.shape[1]:
+            raise ValueError(f"cond labels must be in [0, {logits.shape[1] - 1}], got {int(cond.min())}..{int(cond.max())}")
+        logp = torch.log_softmax(logits, dim=-1)
         chosen = logp[torch.arange(x.shape[0], device=x.device), cond].sum()
         return torch.autograd.grad(chosen, x_in)[0]
 

@@ -104,11 +104,14 @@ class GaussianMixture:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
 
     def log_prob(self, x: torch.Tensor, *, scale=1.0, var=0.0, cond=None) -> torch.Tensor:
-        """log p(x) of scale * X + sqrt(var) * noise (default: the clean mixture); cond restricts to a class."""
+        """log p(x) of scale * X + sqrt(var) * noise (default: the clean mixture); with cond, log p(x | c)."""
         self._check_x(x)
         logp, _ = self._component_terms(x, scale, var)
         logp = self._restrict(logp, cond)
-        return torch.logsumexp(logp, dim=1).to(device=x.device, dtype=x.dtype)
+        out = torch.logsumexp(logp, dim=1)
+        if cond is not None:   # divide by p(c) = sum of the class's weights: log p(x | c), not log p(x, c)
+            out = out - torch.logsumexp(self._restrict(torch.log(self.weights).expand_as(logp), cond), dim=1)
+        return out.to(device=x.device, dtype=x.dtype)
 
     def score(self, x: torch.Tensor, *, scale=1.0, var=0.0, cond=None) -> torch.Tensor:
         """grad_x log p(x) = -sum_k r_k(x) Sigma_k^{-1} (x - mu_k), exact."""

@@ -76,13 +76,21 @@ class ResMLPBlock(nn.Module):
 
 
 class TimeMLP(nn.Module):
-    """eps_theta for vector data: (B, dim) -> (B, dim), residual MLP conditioned on t (and a label)."""
+    """eps_theta for vector data: (B, dim) -> (B, dim), residual MLP conditioned on t (and a label).
 
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64, num_classes: int | None = None):
+    With sample_shape (e.g. (1, 8, 8) and dim = 64) it takes and returns (B, *sample_shape),
+    flattening inside: on a CPU, a 64-pixel digit is cheaper to model as a vector than with convolutions.
+    """
+
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64, num_classes: int | None = None,
+                 sample_shape=None):
         super().__init__()
+        sample_shape = (dim,) if sample_shape is None else tuple(int(s) for s in sample_shape)
+        if math.prod(sample_shape) != dim:
+            raise ValueError(f"sample_shape {sample_shape} must have dim = {dim} entries")
         self.config = dict(dim=check_int("dim", dim, low=1), hidden=check_int("hidden", hidden, low=1),
                            depth=check_int("depth", depth, low=1), emb_dim=check_int("emb_dim", emb_dim, low=2),
-                           num_classes=num_classes)
+                           num_classes=num_classes, sample_shape=sample_shape)
         self.cond = Conditioning(emb_dim, num_classes)
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList([ResMLPBlock(hidden, emb_dim) for _ in range(depth)])
@@ -93,13 +101,14 @@ class TimeMLP(nn.Module):
         return self.config["num_classes"]
 
     def forward(self, x, t, cond=None):
-        if x.ndim != 2 or x.shape[1] != self.config["dim"]:
-            raise ValueError(f"x must have shape (B, {self.config['dim']}), got {tuple(x.shape)}")
+        shape = self.config["sample_shape"]
+        if tuple(x.shape[1:]) != shape:
+            raise ValueError(f"x must have shape (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
         emb = self.cond(t, cond)
-        h = self.inp(x)
+        h = self.inp(x.flatten(1))
         for block in self.blocks:
             h = block(h, emb)
-        return x + self.out(h)
+        return x + self.out(h).reshape(x.shape)
 
 
 def _zero(layer: nn.Module) -> nn.Module:
@@ -187,17 +196,20 @@ class NoisyClassifier(nn.Module):
     followed by global average pooling.
     """
 
-    def __init__(self, shape, num_classes: int, hidden: int = 128, depth: int = 3, emb_dim: int = 64, base: int = 32):
+    def __init__(self, shape, num_classes: int, hidden: int = 128, depth: int = 3, emb_dim: int = 64, base: int = 32,
+                 arch: str = "auto"):
         super().__init__()
         shape = tuple(int(s) for s in shape)
+        if arch not in ("auto", "mlp", "conv"):
+            raise ValueError(f"arch must be 'auto', 'mlp' or 'conv', got {arch!r}")
         self.config = dict(shape=shape, num_classes=check_int("num_classes", num_classes, low=2), hidden=hidden,
-                           depth=depth, emb_dim=emb_dim, base=base)
+                           depth=depth, emb_dim=emb_dim, base=base, arch=arch)
         self.cond = Conditioning(emb_dim, None)
-        if len(shape) == 1:
-            self.inp = nn.Linear(shape[0], hidden)
+        if len(shape) == 1 or arch == "mlp":
+            self.inp = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), hidden))
             self.blocks = nn.ModuleList([ResMLPBlock(hidden, emb_dim) for _ in range(depth)])
             feat = hidden
-        elif len(shape) == 3:
+        elif len(shape) == 3 and arch in ("auto", "conv"):
             self.inp = nn.Conv2d(shape[0], base, 3, padding=1)
             self.blocks = nn.ModuleList([ResBlock(base, base, emb_dim), ResBlock(base, 2 * base, emb_dim),
                                          ResBlock(2 * base, 2 * base, emb_dim)])
@@ -221,11 +233,14 @@ class NoisyClassifier(nn.Module):
         return self.head(h)
 
 
-def make_denoiser(sample_shape, num_classes: int | None = None, **kwargs) -> nn.Module:
-    """A TimeMLP for vector data (dim,) or a UNet for images (C, H, W)."""
+def make_denoiser(sample_shape, num_classes: int | None = None, arch: str = "auto", **kwargs) -> nn.Module:
+    """A TimeMLP for vector data (dim,) or a UNet for images (C, H, W); arch="mlp" gives images a
+    TimeMLP over the flattened pixels (much cheaper on a CPU for 8x8 digits)."""
     sample_shape = tuple(int(s) for s in sample_shape)
-    if len(sample_shape) == 1:
-        return TimeMLP(dim=sample_shape[0], num_classes=num_classes, **kwargs)
+    if arch not in ("auto", "mlp", "unet"):
+        raise ValueError(f"arch must be 'auto', 'mlp' or 'unet', got {arch!r}")
+    if len(sample_shape) == 1 or arch == "mlp":
+        return TimeMLP(dim=math.prod(sample_shape), num_classes=num_classes, sample_shape=sample_shape, **kwargs)
     if len(sample_shape) == 3:
         return UNet(in_channels=sample_shape[0], num_classes=num_classes, **kwargs)
     raise ValueError(f"data must be (N, D) vectors or (N, C, H, W) images; a sample has shape {sample_shape}")

@@ -67,10 +67,12 @@ class Schedule:
             return t.long()
         return torch.tensor(check_int(name, t, low=low, high=self.T - 1))
 
-    def at(self, values: torch.Tensor, t, like: torch.Tensor) -> torch.Tensor:
-        """Gather values[t] and shape it to broadcast against `like` (B, ...), in like's dtype and device."""
+    def at(self, values: torch.Tensor, t, like: torch.Tensor, dtype=None) -> torch.Tensor:
+        """Gather values[t] and shape it to broadcast against `like` (B, ...), on like's device, in
+        like's dtype (or `dtype`). Form differences such as 1 - alpha_bar on the float64 tensors
+        before gathering: in float32, 1 - alpha_bar_0 = 1e-4 keeps only ~3 significant digits."""
         t = t if isinstance(t, torch.Tensor) else torch.tensor(t)
-        out = values[t.cpu().long()].to(device=like.device, dtype=like.dtype)
+        out = values[t.cpu().long()].to(device=like.device, dtype=dtype or like.dtype)
         if out.ndim == 0:
             return out
         if out.shape[0] != like.shape[0]:
@@ -99,9 +101,13 @@ def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) ->
 
 
 def make_schedule(name: str = "linear", T: int = 1000) -> Schedule:
-    """A schedule by name ("linear" or "cosine") with its default parameters."""
+    """A schedule by name ("linear" or "cosine") with its default parameters for T steps."""
     if name == "linear":
-        return linear_schedule(T)
+        # Ho et al.'s betas are for T = 1000; scale them by 1000 / T (as Nichol & Dhariwal 2021 do)
+        # so that alpha_bar_T is close to 0 for any T.
+        T = check_int("T", T, low=1)
+        scale = 1000 / T
+        return linear_schedule(T, min(1e-4 * scale, 0.5), min(0.02 * scale, 0.999))
     if name == "cosine":
         return cosine_schedule(T)
     raise ValueError(f"schedule name must be 'linear' or 'cosine', got {name!r}")

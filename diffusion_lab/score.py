@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ._checks import check_int, check_number, check_tensor, randn
+from ._checks import check_callback, check_generator, check_int, check_number, check_tensor, randn
 from .nets import ResMLPBlock, timestep_embedding
+from .forward import _check_schedule
 from .schedules import Schedule
 
 
@@ -35,6 +36,8 @@ def langevin_sample(score_fn, x: torch.Tensor, step_size: float, n_steps: int, g
     check_tensor("x", x)
     step_size = check_number("step_size", step_size, low=0, low_open=True)
     n_steps = check_int("n_steps", n_steps, low=0)
+    check_callback(callback)
+    check_generator(generator)
     for i in range(n_steps):
         s = score_fn(x)
         _check_score_output(s, x, f"step {i}")
@@ -76,6 +79,8 @@ def annealed_langevin_sample(score_model, sigmas, x: torch.Tensor, step_size: fl
     check_tensor("x", x)
     step_size = check_number("step_size", step_size, low=0, low_open=True)
     n_steps_each = check_int("n_steps_each", n_steps_each, low=1)
+    check_callback(callback)
+    check_generator(generator)
     sigma_last = float(sigmas[-1])
     for level, sigma in enumerate(tqdm(sigmas.tolist(), desc="annealed Langevin", disable=not progress)):
         alpha = step_size * sigma ** 2 / sigma_last ** 2
@@ -96,7 +101,10 @@ def dsm_loss(score_model, x: torch.Tensor, sigmas, generator: torch.Generator | 
     loss = mean_batch 1/2 * sigma^2 * || s(x_tilde, sigma) + z / sigma ||^2 (summed over dimensions),
     with sigma drawn uniformly from `sigmas` per sample.
     """
+    if not callable(score_model):
+        raise TypeError(f"score_model must be callable as score_model(x, sigma), got {type(score_model).__name__}")
     check_tensor("x", x)
+    check_generator(generator)
     sigmas = _check_sigmas(sigmas).to(x.device)
     gen_device = generator.device if generator is not None else x.device
     idx = torch.randint(0, sigmas.numel(), (x.shape[0],), generator=generator, device=gen_device).to(x.device)
@@ -134,6 +142,8 @@ class ScoreMLP(nn.Module):
 
 def eps_to_score(eps: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
     """score(x_t) = -eps / sqrt(1 - alpha_bar_t) (the noise predictor is a scaled score)."""
+    _check_schedule(schedule)
+    check_tensor("eps", eps)
     t = schedule.check_t(t)
     return -eps / (1 - schedule.at(schedule.alpha_bars, t, eps)).sqrt()
 
@@ -142,6 +152,9 @@ def ddpm_score_model(model, schedule: Schedule, cond=None):
     """View a DDPM epsilon model as a noise-conditional score s(x, sigma) on the forward marginals,
     with sigma = sqrt(1 - alpha_bar_t); each sigma is mapped to the timestep whose sqrt(1 - alpha_bar_t)
     is closest. Use it with annealed Langevin on sigmas taken from the schedule (ddpm_sigmas)."""
+    _check_schedule(schedule)
+    if not callable(model):
+        raise TypeError(f"model must be callable as model(x, t, cond=None), got {type(model).__name__}")
     table = (1 - schedule.alpha_bars).sqrt().float()
 
     def score_model(x, sigma):
@@ -154,6 +167,7 @@ def ddpm_score_model(model, schedule: Schedule, cond=None):
 
 def ddpm_sigmas(schedule: Schedule, n: int = 10) -> torch.Tensor:
     """n decreasing noise levels sqrt(1 - alpha_bar_t) at evenly spaced timesteps from T-1 to 0."""
+    _check_schedule(schedule)
     n = check_int("n", n, low=1, high=schedule.T)
     ts = torch.linspace(schedule.T - 1, 0, n).round().long()
     return (1 - schedule.alpha_bars[ts]).sqrt().float()

@@ -82,7 +82,11 @@ def test_schedule_from_custom_betas_is_float64_and_frozen():
 
 
 def test_make_schedule():
-    torch.testing.assert_close(dl.make_schedule("linear", 20).betas, dl.linear_schedule(20).betas)
+    # at T = 1000 the named linear schedule is Ho et al.'s; for other T its betas scale by 1000 / T
+    torch.testing.assert_close(dl.make_schedule("linear", 1000).betas, dl.linear_schedule().betas)
+    torch.testing.assert_close(dl.make_schedule("linear", 100).betas, dl.linear_schedule(100, 1e-3, 0.2).betas)
+    for T in (50, 100, 250):   # so that x_T is close to pure noise whatever T is
+        assert dl.make_schedule("linear", T).alpha_bars[-1] < 1e-3
     torch.testing.assert_close(dl.make_schedule("cosine", 20).betas, dl.cosine_schedule(20).betas)
     with pytest.raises(ValueError, match="name"):
         dl.make_schedule("quadratic", 20)
