@@ -22,5 +22,7 @@ from .elbo import ddpm_elbo
 from .train import (EMA, TrainConfig, TrainingDivergedError, train_classifier, train_ddpm, train_score_model,
                     train_vae)
 from .checkpoints import load_checkpoint, load_pretrained, save_checkpoint
+from .notation import (alpha_bar_to_sigma, alpha_bar_to_su, cfg_scale_to_w, cfg_w_to_scale, langevin_delta_to_eta,
+                       langevin_eta_to_delta, sigma_to_alpha_bar, su_to_alpha_bar)
 
 __version__ = "0.1.0"
