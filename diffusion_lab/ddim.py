@@ -86,7 +86,11 @@ def ddim_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t, t_prev
     # 1. predicted x0 (Eq. 12, first term)
     x0_hat = (xt - (1 - ab).sqrt().to(dt) * eps) / ab.sqrt().to(dt)
     if clip_x0 is not None:
+        # clip the prediction, then re-derive eps from it so that both terms of Eq. 12 agree (as
+        # GLIDE does; diffusers' use_clipped_model_output=True). Keeping the raw eps, diffusers'
+        # default, turned classifier-free-guided digits at scale 3 into noise.
         x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
+        eps = (xt - ab.sqrt().to(dt) * x0_hat) / (1 - ab).sqrt().to(dt)
     # 2. sigma_t(eta) (Eq. 16)
     sigma = _sigma64(ab, ab_prev, eta)
     # 3. direction pointing to x_t (Eq. 12, second term)

@@ -164,3 +164,26 @@ def test_ddim_sampling_loop_equals_diffusers(eta):
     for t in ref.timesteps.tolist():
         x = ref.step(model(x, torch.full((6,), t)), t, x, eta=eta, generator=g if eta > 0 else None).prev_sample
     torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_step_with_clipping_equals_diffusers_clip_sample(eta):
+    # Our clipped step clips the predicted x0 and re-derives eps from it (as GLIDE does): that is
+    # diffusers' clip_sample with use_clipped_model_output=True. (Clipping x0 but keeping the raw
+    # eps, diffusers' default, turned CFG digits at scale 3 into noise in our experiments.)
+    T, steps = 1000, 50
+    s = dl.linear_schedule(T)
+    ref = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="linear", set_alpha_to_one=True,
+                                  clip_sample=True, clip_sample_range=1.0, prediction_type="epsilon",
+                                  timestep_spacing="trailing", steps_offset=0)
+    ref = _in_float64(ref, s)
+    ref.set_timesteps(steps)
+    g = _gen(11)
+    clipped = 0
+    for t in ref.timesteps.tolist():
+        x, eps, z = (2 * torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(3))
+        clipped += int((dl.predict_x0(s, x, eps, t).abs() > 1).any())
+        out = ref.step(eps, t, x, eta=eta, variance_noise=z / 2, use_clipped_model_output=True)
+        ours = dl.ddim_step(s, x, eps, t, max(t - T // steps, -1), eta=eta, noise=z / 2, clip_x0=1.0)
+        torch.testing.assert_close(ours, out.prev_sample, rtol=1e-9, atol=1e-9)
+    assert clipped > 10   # the clipping branch was actually exercised
