@@ -128,7 +128,7 @@ class GaussianMixture:
             raise ValueError("this mixture has no labels; build it with labels=...")
         logp, _ = self._component_terms(x, scale, var)
         per_class = torch.stack([torch.logsumexp(logp[:, self.labels == c], 1) for c in range(self.num_classes)], 1)
-        return (per_class - torch.logsumexp(per_class, 1, keepdim=True)).to(x.dtype)
+        return (per_class - torch.logsumexp(per_class, 1, keepdim=True)).to(device=x.device, dtype=x.dtype)
 
     def _restrict(self, logp, cond):
         if cond is None:
