@@ -74,13 +74,15 @@ class EMA:
         self.shadow = copy.deepcopy(model).eval()
         for p in self.shadow.parameters():
             p.requires_grad_(False)
+        self._shadow_params = list(self.shadow.parameters())
+        self._shadow_buffers = list(self.shadow.buffers())
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int):
         d = min(self.decay, (1 + step) / (10 + step))   # warm start: average over few steps early on
-        for s, p in zip(self.shadow.parameters(), model.parameters()):
-            s.lerp_(p.detach(), 1 - d)
-        for s, b in zip(self.shadow.buffers(), model.buffers()):
+        # One fused call over all tensors (same values as a per-tensor lerp_, several times fewer dispatches).
+        torch._foreach_lerp_(self._shadow_params, [p.detach() for p in model.parameters()], 1 - d)
+        for s, b in zip(self._shadow_buffers, model.buffers()):
             s.copy_(b)
 
 
@@ -95,7 +97,9 @@ def fit(model: torch.nn.Module, loss_fn, config: TrainConfig, n_data: int, *, de
     """The shared loop: loss_fn(idx, generator) -> scalar loss for the batch of data indices idx.
     Returns (trained model, list of per-step losses); the EMA weights when ema_decay is set."""
     g = torch.Generator().manual_seed(config.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # foreach: the multi-tensor Adam, bitwise the same updates as the default single-tensor loop on the
+    # CPU, with far fewer small operations (most of a small model's step time on a CPU is per-op overhead).
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)
 
     def lr_at(step):
         if step < config.warmup:

@@ -82,6 +82,29 @@ def test_ema_is_returned_and_follows_the_update_rule():
     assert float(ema.shadow.weight) == pytest.approx(0.1 * 0.5 + 0.9 * 1.0)
 
 
+def test_ema_update_matches_a_per_tensor_loop_for_every_parameter_and_buffer():
+    """EMA.update fuses all parameters into one call: it must equal the plain per-tensor rule
+    on a model with many parameter tensors, and copy buffers (BatchNorm statistics) as they are."""
+    def net():
+        return nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.SiLU(), nn.Linear(5, 2))
+    torch.manual_seed(0)
+    model = net()
+    ema = dl.EMA(model, 0.9)
+    reference = [p.detach().clone() for p in model.parameters()]
+    for step in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(torch.randn(8, 3))         # changes the BatchNorm running statistics
+        ema.update(model, step)
+        d = min(0.9, (1 + step) / (10 + step))
+        reference = [r * d + p.detach() * (1 - d) for r, p in zip(reference, model.parameters())]
+    for r, s in zip(reference, ema.shadow.parameters()):
+        torch.testing.assert_close(s, r, rtol=1e-6, atol=1e-6)
+    for b_model, b_ema in zip(model.buffers(), ema.shadow.buffers()):
+        assert torch.equal(b_model, b_ema)
+
+
 @pytest.mark.parametrize("p_uncond", [0.0, 1.0, 0.5])
 def test_label_dropout_uses_the_null_label(p_uncond):
     data = torch.randn(400, 2, generator=_gen(6))
