@@ -147,6 +147,17 @@ def _check_data(data, labels=None):
             raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
 
 
+def _resolve_schedule(schedule, config: TrainConfig):
+    """`schedule` may be a Schedule object or, like TrainConfig.schedule, a name ("linear" or "cosine");
+    a name goes into the config so that T and the name travel together."""
+    if isinstance(schedule, str):
+        config = dataclasses.replace(config, schedule=schedule)
+        schedule = None
+    elif schedule is not None and not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a Schedule, 'linear', 'cosine' or None, got {type(schedule).__name__}")
+    return (schedule or make_schedule(config.schedule, config.T)), config
+
+
 def train_ddpm(data: torch.Tensor, labels: torch.Tensor | None = None, config: TrainConfig | None = None, *,
                model: torch.nn.Module | None = None, schedule: Schedule | None = None, device=None, callback=None,
                **overrides):
@@ -155,11 +166,12 @@ def train_ddpm(data: torch.Tensor, labels: torch.Tensor | None = None, config: T
     With labels, the model is class-conditional and labels are dropped to the null label with
     probability p_uncond, so the one network also serves as the unconditional model (CFG).
     The schedule defaults to make_schedule(config.schedule, config.T): sample with the same one.
+    `schedule` may also be a name, "linear" or "cosine" (the same as the config field).
     Returns (model, losses).
     """
     config = _config(config, overrides)
     _check_data(data, labels)
-    schedule = schedule or make_schedule(config.schedule, config.T)
+    schedule, config = _resolve_schedule(schedule, config)
     num_classes = int(labels.max()) + 1 if labels is not None else None
     if model is None:
         model = _init_model(lambda: make_denoiser(data.shape[1:], num_classes=num_classes, **config.net), config.seed)
@@ -219,7 +231,7 @@ def train_classifier(data: torch.Tensor, labels: torch.Tensor, config: TrainConf
     _check_data(data, labels)
     if labels is None:
         raise ValueError("labels are required to train a classifier")
-    schedule = schedule or make_schedule(config.schedule, config.T)
+    schedule, config = _resolve_schedule(schedule, config)
     num_classes = int(labels.max()) + 1
     if model is None:
         model = _init_model(lambda: NoisyClassifier(data.shape[1:], num_classes, **config.net), config.seed)

@@ -60,6 +60,23 @@ def test_train_ddpm_is_deterministic_and_leaves_the_global_rng_alone():
     assert not m1.training  # returned in eval mode
 
 
+def test_schedule_can_be_given_by_name_or_as_an_object():
+    data = torch.randn(300, 2, generator=_gen(7))
+    kw = dict(steps=15, batch_size=64, progress=False, net=TINY, T=50)
+    by_name, _ = dl.train_ddpm(data, schedule="cosine", **kw)
+    by_object, _ = dl.train_ddpm(data, schedule=dl.make_schedule("cosine", 50), **kw)
+    linear, _ = dl.train_ddpm(data, **kw)
+    for a, b in zip(by_name.parameters(), by_object.parameters()):
+        assert torch.equal(a, b)
+    assert not torch.equal(by_name.inp.weight, linear.inp.weight)
+    with pytest.raises(ValueError, match="schedule must be 'linear' or 'cosine'"):
+        dl.train_ddpm(data, schedule="quadratic", **kw)
+    with pytest.raises(TypeError, match="schedule must be a Schedule"):
+        dl.train_ddpm(data, schedule=0.5, **kw)
+    with pytest.raises(TypeError, match="schedule must be a Schedule"):
+        dl.train_classifier(data, torch.zeros(300, dtype=torch.long), schedule=[0.1], **kw)
+
+
 def test_ema_is_returned_and_follows_the_update_rule():
     data = torch.randn(300, 2, generator=_gen(5))
     raw = {}
