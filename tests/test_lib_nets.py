@@ -98,7 +98,9 @@ def test_unet_batch_rows_are_independent():
     x = torch.randn(3, 1, 8, 8, generator=_gen(4))
     t = torch.tensor([5, 50, 500])
     full = net(x, t)
-    torch.testing.assert_close(full[1:2], net(x[1:2], t[1:2]), rtol=1e-5, atol=1e-6)
+    # float32 convolutions pick different kernels for batch 3 and batch 1 (and per thread count): rounding
+    # differences of ~1e-6 are expected (seen: 1.4e-6); a batch-statistics bug would differ by ~1e-1.
+    torch.testing.assert_close(full[1:2], net(x[1:2], t[1:2]), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(2,), (1, 8, 8)])
