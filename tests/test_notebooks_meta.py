@@ -109,7 +109,7 @@ class TestChapterTemplate:
         cell = read(path).cells[1]
         assert cell.cell_type == "code", "cell 2 must be the setup cell"
         for needle in ("import torch", "import diffusion_lab as dl", "torch.manual_seed(", "device = dl.get_device()",
-                       "set_style()"):
+                       "torch.set_num_threads(1)", "set_style()"):
             assert needle in cell.source, f"the setup cell must contain {needle!r}"
 
     def test_title_follows_the_setup(self, path):
