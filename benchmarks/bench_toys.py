@@ -48,7 +48,11 @@ def main():
     p.add_argument("--toys", nargs="+", default=["moons", "swiss_roll"], choices=dl.data.TOYS)
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--device", default=None, help="default: dl.get_device()")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1, as in the book: the models are small, and on 2 cores a "
+                        "second thread made training slower, not faster)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else dl.get_device()
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
     print(f"{'toy':<11} {'train s':>8} {'floor':>7} {'DDPM-1000':>10} {'DDIM-50':>8} {'DDIM-20':>8} {'DDIM-10':>8}  "

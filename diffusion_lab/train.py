@@ -27,14 +27,14 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000                # optimizer steps
+    steps: int = 4500                # optimizer steps (benchmarks/bench_toys.py: quality vs time on 2-D toys)
     batch_size: int = 256
     lr: float = 2e-3                 # peak learning rate (linear warm-up, then cosine decay to lr / 10)
     warmup: int = 100
     grad_clip: float | None = 1.0    # max gradient norm (None: no clipping)
     ema_decay: float | None = 0.999  # exponential moving average of the weights (None: off); warmed up as
                                      # d = min(ema_decay, (1 + step) / (10 + step)), which stays below 0.999
-                                     # until step 8,991: a 3,000-step run averages over its last ~330 steps
+                                     # until step 8,991: a 4,500-step run averages over its last ~500 steps
     seed: int = 0
     progress: bool = True            # tqdm progress bar
     # DDPM only
