@@ -113,7 +113,13 @@ def ddim_sample(model, schedule: Schedule, shape, steps: int = 50, eta: float = 
                 generator: torch.Generator | None = None, callback=None, *, xT: torch.Tensor | None = None,
                 device=None, spacing: str = "trailing", clip_x0: float | None = None, progress: bool = False) -> torch.Tensor:
     """DDIM sampling over `steps` timesteps (Song et al. 2021). callback gets
-    {"i", "t", "t_prev", "x", "x0_hat"} after every step."""
+    {"i", "t", "t_prev", "x", "x0_hat"} after every step.
+
+    The first step divides by sqrt(alpha_bar_T): about 6e-3 for the linear schedule but 5e-5
+    for the cosine one (T = 1000), so a model's eps error there is multiplied by ~2e4. Without
+    clip_x0, a cosine-schedule model trained on a 2-D toy gave DDIM-50 samples far off the
+    data (sliced Wasserstein 9.5, against 0.02 with the linear schedule); pass clip_x0 (e.g.
+    the data range) or use the linear schedule."""
     _check_model(model)
     _check_schedule(schedule)
     shape = check_shape("shape", shape)
