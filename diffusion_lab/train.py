@@ -161,7 +161,7 @@ def _resolve_schedule(schedule, config: TrainConfig):
 
 
 def train_ddpm(data: torch.Tensor, labels: torch.Tensor | None = None, config: TrainConfig | None = None, *,
-               model: torch.nn.Module | None = None, schedule: Schedule | None = None, device=None, callback=None,
+               model: torch.nn.Module | None = None, schedule: Schedule | str | None = None, device=None, callback=None,
                **overrides):
     """Train an epsilon model on any (N, D) or (N, C, H, W) float tensor with the simplified loss.
 
@@ -226,7 +226,7 @@ def train_vae(data: torch.Tensor, config: TrainConfig | None = None, *, latent_d
 
 
 def train_classifier(data: torch.Tensor, labels: torch.Tensor, config: TrainConfig | None = None, *,
-                     schedule: Schedule | None = None, model=None, device=None, callback=None, **overrides):
+                     schedule: Schedule | str | None = None, model=None, device=None, callback=None, **overrides):
     """Train a noise-aware classifier p(c | x_t, t) on data noised by the forward process at uniform t
     (what classifier guidance needs). Returns (model, losses)."""
     config = _config(config, overrides)
