@@ -1,5 +1,5 @@
-"""Every chapter follows the template (CONTRIBUTING.md): a Colab-only install cell that
-installs exactly git+<repository.url from _config.yml>, then the setup cell; outputs
+"""Every chapter follows the template (CONTRIBUTING.md): the title, then a Colab-only install
+cell that installs exactly git+<repository.url from _config.yml>, then the setup cell; outputs
 from a clean top-to-bottom run, with the widget state stored; listed in _toc.yml."""
 from __future__ import annotations
 
@@ -90,9 +90,16 @@ def run_install_cell(source: str, in_colab: bool) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 class TestChapterTemplate:
-    def test_first_cell_is_the_colab_install_cell(self, path):
+    def test_first_cell_is_the_title(self, path):
+        # The page opens with its title (and the Chinese title), not with code.
         cell = read(path).cells[0]
-        assert cell.cell_type == "code", "cell 1 must be the Colab install cell"
+        assert cell.cell_type == "markdown" and cell.source.startswith("# "), "cell 1 must start with the '# Title'"
+        assert re.search(r"^\*[^*\n]*[\u4e00-\u9fff][^*\n]*\*\s*$", cell.source, flags=re.M), (
+            "the title cell must give the Chinese title in italics on a line of its own")
+
+    def test_second_cell_is_the_colab_install_cell(self, path):
+        cell = read(path).cells[1]
+        assert cell.cell_type == "code", "cell 2 must be the Colab install cell"
         pip_lines = [ln.strip() for ln in cell.source.splitlines() if "pip" in ln]
         assert pip_lines == [f'%pip install -q "diffusion-lab @ git+{REPO_URL}"'], (
             f"the install cell must install exactly git+{REPO_URL} (repository.url in _config.yml), got {pip_lines}")
@@ -101,20 +108,18 @@ class TestChapterTemplate:
         assert not cell.get("outputs"), "the install cell must not produce output outside Colab"
 
     def test_install_cell_only_acts_in_colab(self, path):
-        source = read(path).cells[0].source
+        source = read(path).cells[1].source
         assert run_install_cell(source, in_colab=False) == []
         assert run_install_cell(source, in_colab=True) == [("pip", f'install -q "diffusion-lab @ git+{REPO_URL}"')]
 
-    def test_second_cell_is_the_setup_cell(self, path):
-        cell = read(path).cells[1]
-        assert cell.cell_type == "code", "cell 2 must be the setup cell"
+    def test_third_cell_is_the_setup_cell(self, path):
+        cell = read(path).cells[2]
+        assert cell.cell_type == "code", "cell 3 must be the setup cell"
+        assert "hide-input" in cell.metadata.get("tags", []), (
+            "tag the setup cell hide-input: the site shows it folded under the title, with a 'show code' toggle")
         for needle in ("import torch", "import diffusion_lab as dl", "torch.manual_seed(", "device = dl.get_device()",
                        "torch.set_num_threads(1)", "set_style()"):
             assert needle in cell.source, f"the setup cell must contain {needle!r}"
-
-    def test_title_follows_the_setup(self, path):
-        cell = read(path).cells[2]
-        assert cell.cell_type == "markdown" and cell.source.startswith("# "), "cell 3 must start with the '# Title'"
 
     def test_outputs_come_from_one_clean_top_to_bottom_run(self, path):
         code = [c for c in read(path).cells if c.cell_type == "code"]
