@@ -169,7 +169,7 @@ def ddpm_score_model(model, schedule: Schedule, cond=None):
         sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1).cpu()
         t = torch.argmin((table[None, :] - sigma[:, None]).abs(), dim=1)
         eps = model(x, t.to(x.device), cond)
-        sigma_t = table64[t].to(device=x.device, dtype=x.dtype)  # the looked-up timestep's sigma, not the request
+        sigma_t = table64[t].to(x.dtype).to(x.device)  # the looked-up timestep's sigma (cast on the CPU: MPS has no float64)
         return -eps / sigma_t.reshape((-1,) + (1,) * (x.ndim - 1))
     return score_model
 
