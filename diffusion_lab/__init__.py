@@ -11,7 +11,7 @@ from .ddpm import ddpm_loss, ddpm_sample, ddpm_step
 from .ddim import ddim_invert, ddim_sample, ddim_sigma, ddim_step, ddim_timesteps
 from .mixtures import GaussianMixture, ring_mixture
 from .score import (ScoreMLP, annealed_langevin_sample, ddpm_score_model, ddpm_sigmas, dsm_loss, eps_to_score,
-                    geometric_sigmas, langevin_sample)
+                    geometric_sigmas, langevin_sample, log_snr_sigmas, log_snr_timesteps)
 from .guidance import cfg, cfg_eps, classifier_grad, classifier_guidance
 from .nets import NoisyClassifier, TimeMLP, UNet, make_denoiser, timestep_embedding
 from .vae import VAE, vae_loss

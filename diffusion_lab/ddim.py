@@ -35,6 +35,9 @@ def _alpha_bar(schedule: Schedule, t, like):
     return schedule.at(ab, t + 1, like, dtype=torch.float64)
 
 
+_DIRECTION_VAR_TOL = 1e-12   # float64 rounding allowance for 1 - ab_prev - sigma^2 at eta = eta_max
+
+
 def _sigma64(ab, ab_prev, eta):
     return eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
 
@@ -68,7 +71,9 @@ def ddim_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t, t_prev
     """x_{t_prev} = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps + sigma noise (Song et al. 2021, Eq. 12).
 
     t_prev = -1 means the last step, to x_0 (alpha_bar = 1). eta = 0 is deterministic DDIM;
-    eta = 1 with t_prev = t - 1 is DDPM's ancestral step with the posterior variance.
+    eta = 1 with t_prev = t - 1 is DDPM's ancestral step with the posterior variance. An eta so large
+    that 1 - ab_prev - sigma^2 < 0 (above sqrt((1 - ab) ab_prev / (ab_prev - ab)), which is >= 1)
+    raises ValueError instead of clamping, which would break the marginal condition.
     """
     _check_schedule(schedule)
     check_tensor("xt", xt)
@@ -93,8 +98,20 @@ def ddim_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t, t_prev
         eps = (xt - ab.sqrt().to(dt) * x0_hat) / (1 - ab).sqrt().to(dt)
     # 2. sigma_t(eta) (Eq. 16)
     sigma = _sigma64(ab, ab_prev, eta)
-    # 3. direction pointing to x_t (Eq. 12, second term)
-    direction = (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt().to(dt) * eps
+    # 3. direction pointing to x_t (Eq. 12, second term). Its variance 1 - ab_prev - sigma^2 must
+    # be >= 0 for the marginal of x_{t_prev} to stay N(sqrt(ab_prev) x0, 1 - ab_prev): that is
+    # eta <= sqrt((1 - ab) ab_prev / (ab_prev - ab)), a bound >= 1 that tends to 1 as ab_prev -> 1
+    # (on the last step, ab_prev = 1, sigma = 0 for every eta). At eta = 1 a sweep of every pair of
+    # the linear and cosine schedules never went below 0, but at eta = the bound the float64 value
+    # rounds to as low as -9e-15, so values down to -_DIRECTION_VAR_TOL count as 0; anything below is
+    # a too-large eta, not rounding (eta = 1.001 x the bound gives about -2e-3 (1 - ab_prev)).
+    direction_var = 1 - ab_prev - sigma ** 2
+    bad = direction_var < -_DIRECTION_VAR_TOL
+    if bool(bad.any()):
+        eta_max = ((1 - ab) * ab_prev / (ab_prev - ab)).sqrt().expand_as(bad)[bad].min().item()
+        raise ValueError(f"eta must be <= {eta_max:.6g} at this step (t = {t.tolist()}, t_prev = {t_prev.tolist()}) so that "
+                         f"1 - alpha_bar_prev - sigma^2 >= 0 (the marginal condition), got eta = {eta}")
+    direction = direction_var.clamp(min=0).sqrt().to(dt) * eps
     x_prev = ab_prev.sqrt().to(dt) * x0_hat + direction
     # 4. random noise (Eq. 12, third term)
     if eta > 0:

@@ -67,11 +67,14 @@ def _check_sigmas(sigmas) -> torch.Tensor:
 @torch.no_grad()
 def annealed_langevin_sample(score_model, sigmas, x: torch.Tensor, step_size: float, n_steps_each: int,
                              generator: torch.Generator | None = None, callback=None, *, progress: bool = False) -> torch.Tensor:
-    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1).
+    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1), in the book's eta form.
 
-    For each sigma_i (decreasing), run n_steps_each Langevin steps on score_model(x, sigma_i)
-    with step alpha_i = step_size * sigma_i^2 / sigma_L^2. score_model(x, sigma) gets sigma
-    as a (B,) tensor. callback gets {"level": i, "sigma": sigma_i, "i": step, "x": x}.
+    For each sigma_i (decreasing), run n_steps_each Langevin steps on score_model(x, sigma_i),
+    x <- x + eta_i s + sqrt(2 eta_i) z with eta_i = step_size * sigma_i^2 / sigma_L^2
+    (the same form as langevin_sample). The paper writes the step as alpha_i/2 s + sqrt(alpha_i) z
+    with alpha_i = epsilon sigma_i^2 / sigma_L^2, so eta_i = alpha_i / 2 and step_size = epsilon / 2
+    (dl.langevin_delta_to_eta converts). score_model(x, sigma) gets sigma as a (B,) tensor.
+    callback gets {"level": i, "sigma": sigma_i, "i": step, "x": x}.
     """
     if not callable(score_model):
         raise TypeError(f"score_model must be callable as score_model(x, sigma), got {type(score_model).__name__}")
@@ -83,12 +86,12 @@ def annealed_langevin_sample(score_model, sigmas, x: torch.Tensor, step_size: fl
     check_generator(generator)
     sigma_last = float(sigmas[-1])
     for level, sigma in enumerate(tqdm(sigmas.tolist(), desc="annealed Langevin", disable=not progress)):
-        alpha = step_size * sigma ** 2 / sigma_last ** 2
+        eta_i = step_size * sigma ** 2 / sigma_last ** 2       # = alpha_i / 2 in Song & Ermon's Algorithm 1
         sig = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
         for i in range(n_steps_each):
             s = score_model(x, sig)
             _check_score_output(s, x, f"sigma = {sigma:.4g}")
-            x = x + alpha * s + math.sqrt(2 * alpha) * randn(x.shape, generator, device=x.device, dtype=x.dtype)
+            x = x + eta_i * s + math.sqrt(2 * eta_i) * randn(x.shape, generator, device=x.device, dtype=x.dtype)
             if callback is not None:
                 callback({"level": level, "sigma": sigma, "i": i, "x": x})
     return x
@@ -150,24 +153,57 @@ def eps_to_score(eps: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
 
 def ddpm_score_model(model, schedule: Schedule, cond=None):
     """View a DDPM epsilon model as a noise-conditional score s(x, sigma) on the forward marginals,
-    with sigma = sqrt(1 - alpha_bar_t); each sigma is mapped to the timestep whose sqrt(1 - alpha_bar_t)
-    is closest. Use it with annealed Langevin on sigmas taken from the schedule (ddpm_sigmas)."""
+    sigma = sqrt(1 - alpha_bar_t): each requested sigma is mapped to the timestep t whose
+    sqrt(1 - alpha_bar_t) is closest, and s = -eps(x, t) / sqrt(1 - alpha_bar_t) with that timestep's
+    sigma (Eq. ch09-eps-score), so a sigma between two table entries still gets the score of a real
+    marginal q_t. Drive it with a ladder from log_snr_sigmas (evenly spaced in log-SNR); the
+    evenly-spaced-in-t ladder of ddpm_sigmas jumps from ~0.36 to 0.01 in its last step on the linear
+    schedule and leaves annealed Langevin samples blurred (chapter 9)."""
     _check_schedule(schedule)
     if not callable(model):
         raise TypeError(f"model must be callable as model(x, t, cond=None), got {type(model).__name__}")
-    table = (1 - schedule.alpha_bars).sqrt().float()
+    table64 = (1 - schedule.alpha_bars).sqrt()                 # float64, on the CPU
+    table = table64.float()
 
     def score_model(x, sigma):
         sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1).cpu()
-        t = torch.argmin((table[None, :] - sigma[:, None]).abs(), dim=1).to(x.device)
-        eps = model(x, t, cond)
-        return -eps / sigma.to(x)[:, None].reshape((-1,) + (1,) * (x.ndim - 1))
+        t = torch.argmin((table[None, :] - sigma[:, None]).abs(), dim=1)
+        eps = model(x, t.to(x.device), cond)
+        sigma_t = table64[t].to(x.dtype).to(x.device)  # the looked-up timestep's sigma (cast on the CPU: MPS has no float64)
+        return -eps / sigma_t.reshape((-1,) + (1,) * (x.ndim - 1))
     return score_model
 
 
 def ddpm_sigmas(schedule: Schedule, n: int = 10) -> torch.Tensor:
-    """n decreasing noise levels sqrt(1 - alpha_bar_t) at evenly spaced timesteps from T-1 to 0."""
+    """n decreasing noise levels sqrt(1 - alpha_bar_t) at evenly spaced timesteps from T-1 to 0.
+
+    On the linear schedule most of these levels sit near sigma = 1 and the last step jumps from
+    ~0.36 to 0.01; for annealed Langevin prefer log_snr_sigmas (chapter 9 compares the two)."""
     _check_schedule(schedule)
     n = check_int("n", n, low=1, high=schedule.T)
     ts = torch.linspace(schedule.T - 1, 0, n).round().long()
+    return (1 - schedule.alpha_bars[ts]).sqrt().float()
+
+
+def log_snr_timesteps(schedule: Schedule, n: int = 10, t_min: int = 0) -> torch.Tensor:
+    """n distinct decreasing timesteps from T-1 down to t_min, evenly spaced in the log
+    signal-to-noise ratio log(alpha_bar_t / (1 - alpha_bar_t)) (each target mapped to the nearest
+    timestep). Raises ValueError when two targets map to the same timestep (n too large)."""
+    _check_schedule(schedule)
+    t_min = check_int("t_min", t_min, low=0, high=schedule.T - 1)
+    n = check_int("n", n, low=1, high=schedule.T - t_min)
+    log_snr = torch.log(schedule.snr)                           # float64, decreasing in t
+    targets = torch.linspace(float(log_snr[-1]), float(log_snr[t_min]), n, dtype=torch.float64)
+    ts = (log_snr[None, :] - targets[:, None]).abs().argmin(dim=1)
+    if n > 1 and bool((ts[1:] >= ts[:-1]).any()):
+        i = int((ts[1:] >= ts[:-1]).nonzero()[0])
+        raise ValueError(f"n = {n} log-SNR levels down to t_min = {t_min} map two levels to the same timestep "
+                         f"t = {int(ts[i + 1])} on this schedule; use fewer levels")
+    return ts
+
+
+def log_snr_sigmas(schedule: Schedule, n: int = 10, t_min: int = 0) -> torch.Tensor:
+    """The noise levels sqrt(1 - alpha_bar_t) at log_snr_timesteps(schedule, n, t_min): the ladder
+    to use with ddpm_score_model and annealed_langevin_sample (float32, decreasing)."""
+    ts = log_snr_timesteps(schedule, n, t_min)
     return (1 - schedule.alpha_bars[ts]).sqrt().float()
