@@ -117,4 +117,4 @@ def randn(shape, generator: torch.Generator | None, *, device, dtype=torch.float
     check_generator(generator)
     gen_device = generator.device if generator is not None else torch.device(device)
     z = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype)
-    return z.to(device)
+    return z.to(device, non_blocking=True)   # host-to-device: no need to wait for the device's queue

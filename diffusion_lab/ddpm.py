@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import check_callback, check_generator, check_same_device, check_shape, check_tensor, randn
-from .forward import _check_schedule, posterior_coefficients, predict_x0, q_sample
+from .forward import _check_schedule, _q_sample, posterior_coefficients, predict_x0
 from .schedules import Schedule
 
 
@@ -53,10 +53,17 @@ def ddpm_loss(model, schedule: Schedule, x0: torch.Tensor, cond=None, generator:
     check_tensor("x0", x0)
     _check_cond(cond, x0.shape[0])
     check_generator(generator)
+    return _ddpm_loss(model, schedule, x0, cond, generator)
+
+
+def _ddpm_loss(model, schedule: Schedule, x0, cond, generator, tables=None) -> torch.Tensor:
+    """ddpm_loss without the checks, for training loops (no device-to-host sync). t is drawn on the
+    generator's device; the coefficients are gathered there from float64 tables, then cast and moved."""
     gen_device = generator.device if generator is not None else x0.device
-    t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator, device=gen_device).to(x0.device)
+    t_gen = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator, device=gen_device)
+    t = t_gen.to(x0.device, non_blocking=True)
     noise = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
-    xt = q_sample(schedule, x0, t, noise)
+    xt = _q_sample(schedule, x0, t_gen, noise, tables)
     eps_hat = model(xt, t, cond)
     return torch.mean((eps_hat - noise) ** 2)
 

@@ -105,7 +105,11 @@ def dsm_loss(score_model, x: torch.Tensor, sigmas, generator: torch.Generator | 
         raise TypeError(f"score_model must be callable as score_model(x, sigma), got {type(score_model).__name__}")
     check_tensor("x", x)
     check_generator(generator)
-    sigmas = _check_sigmas(sigmas).to(x.device)
+    return _dsm_loss(score_model, x, _check_sigmas(sigmas).to(x.device), generator)
+
+
+def _dsm_loss(score_model, x, sigmas, generator) -> torch.Tensor:
+    """dsm_loss without the checks (sigmas already checked and on x's device): no device-to-host sync."""
     gen_device = generator.device if generator is not None else x.device
     idx = torch.randint(0, sigmas.numel(), (x.shape[0],), generator=generator, device=gen_device).to(x.device)
     sigma = sigmas[idx].to(x.dtype)

@@ -49,6 +49,11 @@ def vae_loss(model: VAE, x: torch.Tensor, beta: float = 1.0, decoder_std: float 
     check_tensor("x", x)
     beta = check_number("beta", beta, low=0)
     decoder_std = check_number("decoder_std", decoder_std, low=0, low_open=True)
+    return _vae_loss(model, x, beta, decoder_std, generator)
+
+
+def _vae_loss(model, x, beta: float, decoder_std: float, generator) -> dict:
+    """vae_loss without the checks, for training loops (no device-to-host sync)."""
     x_hat, mu, logvar = model(x, generator)
     d = x[0].numel()
     sq = ((x - x_hat) ** 2).flatten(1).sum(1)
