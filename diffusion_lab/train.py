@@ -125,7 +125,7 @@ def fit(model: torch.nn.Module, loss_fn, config: TrainConfig, n_data: int, *, de
     pending = []          # accelerator only: this chunk's losses, still on the device
 
     def read_back():      # one sync for the whole chunk; check it, then log it
-        values = torch.stack(pending).tolist()
+        values = torch.stack(pending).cpu().tolist()
         for i, value in enumerate(values):
             _check_loss(len(losses) + i, value, config)
         losses.extend(values)
