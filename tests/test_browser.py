@@ -24,6 +24,7 @@ import hashlib
 import http.server
 import json
 import mimetypes
+import os
 import re
 import threading
 from pathlib import Path
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BROWSER_DIR = ROOT / "tests" / "browser"
 NODE_MODULES = BROWSER_DIR / "node_modules"
 SHOTS = BROWSER_DIR / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # e.g. /usr/bin/google-chrome in CI
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 CDN_PREFIX = "https://cdn.jsdelivr.net/npm/"
