@@ -130,6 +130,10 @@ class PageRecorder:
         self.context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
         self.context.route("**/*", self._route)
         self.page = self.context.new_page()
+        # Generous: on a 2-core machine shared by many jobs (load average 20) a page load has
+        # taken over 30 s, Playwright's default.
+        self.page.set_default_timeout(90_000)
+        self.page.set_default_navigation_timeout(120_000)
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda err: self.console_errors.append(f"page error: {err}"))
         self.page.on("response", self._response)
@@ -292,10 +296,12 @@ JS_SHOWN_IMAGE = """(root) => {
   return c.toDataURL('image/png');
 }"""
 
+# Visible search boxes: {cls, inView} for each (inView: inside the window as it is now).
 JS_VISIBLE_SEARCH_BOXES = """() => [...document.querySelectorAll('.search-button-field, input[type="search"]')]
   .filter(e => e.checkVisibility({checkOpacity: true, checkVisibilityCSS: true})
                && e.getBoundingClientRect().width > 0)
-  .map(e => e.className || e.tagName)"""
+  .map(e => { const r = e.getBoundingClientRect();
+              return {cls: e.className || e.tagName, inView: r.top >= 0 && r.bottom <= innerHeight}; })"""
 
 JS_DOWNLOAD_LINKS = """() => [...document.querySelectorAll('.dropdown-download-buttons a[href]')].map(a => a.href)"""
 
@@ -382,6 +388,9 @@ def test_page(page, browser, server):
 
         # The page as a reader first sees it (the top: title, one search box, Chinese). The
         # timeouts allow for a busy 2-core machine, where a full-page screenshot can take 30 s.
+        boxes = rec.page.evaluate(JS_VISIBLE_SEARCH_BOXES)
+        assert len(boxes) == 1, f"{page}: {len(boxes)} visible search boxes: {boxes}"
+        assert boxes[0]["inView"], f"{page}: the search box is outside the window when the page opens"
         rec.page.screenshot(path=str(SHOTS / f"{page_name(page)}-top.png"), timeout=120_000)
         rec.page.screenshot(path=str(SHOTS / f"{page_name(page)}.png"), full_page=True, timeout=120_000)
 
@@ -414,9 +423,7 @@ def test_page(page, browser, server):
             assert got.ok, f"{page}: download link {href} -> HTTP {got.status}"
             assert got.body() == source, f"{page}: download link {href} does not serve {source_file(page).name}"
 
-        # 5. one search box; a chapter opens with its title; Chinese drawn with real glyphs
-        boxes = rec.page.evaluate(JS_VISIBLE_SEARCH_BOXES)
-        assert len(boxes) == 1, f"{page}: {len(boxes)} visible search boxes: {boxes}"
+        # 5. a chapter opens with its title; Chinese drawn with real glyphs
         if source_file(page).suffix == ".ipynb":
             first = rec.page.evaluate(JS_FIRST_BLOCK)
             assert first and first["tag"] == "H1", f"{page}: the article opens with {first}, not the chapter title"
