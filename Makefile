@@ -1,38 +1,70 @@
 # diffusion-lab: the two commands of the README, plus helpers for chapter authors.
 #
 #   make book        build the website (warnings are errors); prints where index.html is
-#   make test        every test: library, notebooks (nbval, strict), site build, browser
+#   make test        every test: library, notebooks (nbval, strict, baseline CPU kernels), site build, browser
 #   make notebooks   re-run chapters in place to refresh their stored outputs
 #                    (all of book/*.ipynb, or: make notebooks NB=book/02_information_theory.ipynb)
 #
 # Both main commands create the virtual environment .venv if it is missing and install
-# requirements.txt (pinned) plus this package in editable mode.
+# requirements.txt (pinned) plus this package in editable mode. They need Python 3.11.5 or
+# newer (PYTHON=python3.12 make test to pick another interpreter). Without a GPU:
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu make test
+# installs the CPU build of the pinned torch from that index (unset: from PyPI, as pinned).
 
 SHELL := /bin/bash
 PYTHON ?= python3
+PYTHON_MIN := 3.11.5
+TORCH_INDEX_URL ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BROWSER_DIR := tests/browser
+# The browser test's browser (tests/test_browser.py reads CHROMIUM from the environment too).
+CHROMIUM ?= /usr/bin/chromium
 NODE_MODULES := $(BROWSER_DIR)/node_modules/.package-lock.json
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+comma := ,
 NB ?= book/*.ipynb
+PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: book test notebooks system-deps clean help
+# The notebook tests run on baseline CPU kernels, unlike scripts/run_notebook.py, which
+# stores the outputs with the machine's best ones: an output whose digits depend on the
+# instruction set then fails here, not on a reader's machine. Each variable below changed
+# results bitwise on this project's AVX-512 machine (CONTRIBUTING.md, "Outputs that do not
+# depend on the CPU"); the MKL, oneDNN and OpenBLAS ones are x86-only.
+NB_CPU_ENV := ATEN_CPU_CAPABILITY=default
+ifeq ($(shell uname -m),x86_64)
+NB_CPU_ENV += MKL_ENABLE_INSTRUCTIONS=SSE4_2 MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=SSE41 OPENBLAS_CORETYPE=Prescott
+endif
+
+.PHONY: book test notebooks system-deps python-version clean help
 
 help:
-	@sed -n '2,7p' Makefile
+	@sed -n '2,12p' Makefile
 
-$(PY):
+# One line, before anything is installed: the pins need Python 3.11 (numpy 2.4.6, scipy
+# 1.17.1, ipython 9.18.1 and others), soupsieve 4.1.2 even 3.11.5 (their Requires-Python).
+# Checks .venv's interpreter once it exists, else $(PYTHON).
+python-version:
+	@py="$(if $(wildcard $(PY)),$(PY),$(PYTHON))"; \
+	found=$$($$py -c 'import platform; print("Python", platform.python_version())' 2>/dev/null) || found="no Python"; \
+	if ! $$py -c 'import sys; sys.exit(sys.version_info < ($(subst .,$(comma) ,$(PYTHON_MIN))))' 2>/dev/null; then \
+	  echo "error: diffusion-lab needs Python $(PYTHON_MIN) or newer, found $$found at '$$py' (pick one with PYTHON=python3.11 make ...$(if $(wildcard $(PY)), after rm -rf $(VENV)))" >&2; \
+	  exit 1; \
+	fi
+
+$(PY): | python-version
 	$(PYTHON) -m venv $(VENV)
 
-# Re-installs when requirements.txt or pyproject.toml change.
-$(INSTALLED): requirements.txt pyproject.toml | $(PY)
+# Re-installs when requirements.txt or pyproject.toml change. With TORCH_INDEX_URL set,
+# the pinned torch comes from that index first (e.g. the CPU build), and then satisfies the pin.
+$(INSTALLED): requirements.txt pyproject.toml | python-version $(PY)
+	$(if $(TORCH_INDEX_URL),$(PY) -m pip install --index-url $(TORCH_INDEX_URL) "$$(grep -E '^torch==' requirements.txt)")
 	$(PY) -m pip install -r requirements.txt
 	$(PY) -m pip install -e .
 	touch $@
 
-book: $(INSTALLED)
+book: python-version $(INSTALLED)
 	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
 	@echo
 	@echo "The website: $(CURDIR)/_build/html/index.html"
@@ -41,7 +73,7 @@ book: $(INSTALLED)
 # and a CJK font so that the screenshots show the Chinese terms; each only if missing.
 system-deps:
 	@missing=""; \
-	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x "$(CHROMIUM)" ] || missing="$$missing chromium"; \
 	[ -n "$$(fc-list :lang=zh 2>/dev/null)" ] || missing="$$missing fonts-wqy-zenhei"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -53,8 +85,15 @@ system-deps:
 $(NODE_MODULES): $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
 	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund
 
-test: $(INSTALLED) system-deps $(NODE_MODULES)
-	$(PY) -m pytest --nbval tests book
+# Three pytest runs, in this order, and the target fails if any failed: the library and
+# template tests (native kernels); the notebooks, once, on baseline kernels; then the site
+# build and the browser test, which show the outputs nbval has just validated.
+test: python-version $(INSTALLED) system-deps $(NODE_MODULES)
+	@status=0; \
+	$(PYTEST) tests --ignore=tests/test_site_build.py --ignore=tests/test_browser.py || status=1; \
+	env $(NB_CPU_ENV) $(PYTEST) --nbval book || status=1; \
+	$(PYTEST) tests/test_site_build.py tests/test_browser.py || status=1; \
+	exit $$status
 
 notebooks: $(INSTALLED)
 	$(PY) scripts/run_notebook.py $(NB)
