@@ -74,6 +74,28 @@ def test_ddim_step_is_eq12(t, t_prev, eta):
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+@pytest.mark.parametrize("t, t_prev, clip", [(19, 14, 1.0), (10, 9, 2.5), (4, -1, 1.0)])
+def test_ddim_step_clip_x0_is_eq12_with_eps_rederived(t, t_prev, eta, clip):
+    # x0_hat = clamp((x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t), -clip, clip), then eps is re-derived
+    # from the clipped x0_hat, eps' = (x_t - sqrt(ab_t) x0_hat) / sqrt(1 - ab_t) (GLIDE; diffusers'
+    # use_clipped_model_output=True), and Eq. 12 uses x0_hat and eps'. Keeping the raw eps, a
+    # halved clip range or clamping x_t instead all fail: x0_raw has entries inside the range that
+    # must pass unchanged and entries outside it.
+    ab, abp = _ab(t), _ab(t_prev)
+    x0_raw = torch.tensor([[0.8, -0.6, 3.0, -0.2], [-4.0, 0.45, 1.9, 0.95]], dtype=torch.float64) * clip
+    eps = torch.randn(2, 4, generator=_gen(200 + t), dtype=torch.float64)
+    z = torch.randn(2, 4, generator=_gen(300 + t), dtype=torch.float64)
+    xt = ab.sqrt() * x0_raw + (1 - ab).sqrt() * eps
+    x0 = torch.minimum(torch.maximum(x0_raw, torch.tensor(-clip)), torch.tensor(clip))
+    eps_clipped = (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
+    sigma = eta * ((1 - abp) / (1 - ab) * (1 - ab / abp)).sqrt()
+    expected = abp.sqrt() * x0 + (1 - abp - sigma ** 2).sqrt() * eps_clipped + sigma * z
+    out = dl.ddim_step(S, xt, eps, t, t_prev, eta=eta, noise=z, clip_x0=clip)
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, dl.ddim_step(S, xt, eps, t, t_prev, eta=eta, noise=z))   # clipping mattered
+
+
 @pytest.mark.parametrize("t", [0, 1, 2, 10, 19])
 def test_ddim_step_eta1_consecutive_equals_ddpm_step(t):
     g = _gen(100 + t)

@@ -155,15 +155,45 @@ def test_q_posterior_variance_is_beta_tilde_and_mean_is_consistent_with_sampling
     assert abs(np.corrcoef(r.numpy(), xt.numpy())[0, 1]) < 5 / math.sqrt(n)
 
 
-def test_posterior_coefficients_agree_with_q_posterior():
+def _ab_by_hand(betas, t):
+    # alpha_bar_t = prod_{s <= t} (1 - beta_s) as a Python product, independent of Schedule's cumprod;
+    # alpha_bar_{-1} = 1.
+    return math.prod(1.0 - b for b in betas[: t + 1])
+
+
+@pytest.mark.parametrize("t", [0, 1, 17, 29])
+def test_posterior_coefficients_are_eq_7_written_out(t):
+    # Ho et al. 2020, Eq. 7: mu_tilde = sqrt(ab_{t-1}) beta_t / (1 - ab_t) x0
+    #                                 + sqrt(alpha_t) (1 - ab_{t-1}) / (1 - ab_t) x_t,
+    # beta_tilde_t = (1 - ab_{t-1}) / (1 - ab_t) beta_t; at t = 0 (ab_{-1} = 1): (1, 0, 0).
+    # Catches an index shift (ab_t for ab_{t-1}), a missing square root, a swapped c0/ct.
     s = dl.linear_schedule(T=30, beta_start=0.01, beta_end=0.3)
-    x0, xt = torch.randn(2, 4, generator=_gen(4)).double().unbind(0)
-    x0, xt = x0[None], xt[None]
-    for t in (1, 17, 29):
-        c0, ct, var = dl.posterior_coefficients(s, t, x0)
-        mean, var2 = dl.q_posterior(s, x0, xt, t)
-        torch.testing.assert_close(c0 * x0 + ct * xt, mean)
-        torch.testing.assert_close(torch.as_tensor(var), torch.as_tensor(var2))
+    betas = [0.01 + (0.3 - 0.01) * k / 29 for k in range(30)]
+    ab, ab_prev, beta = _ab_by_hand(betas, t), _ab_by_hand(betas, t - 1), betas[t]
+    like = torch.zeros(1, 4, dtype=torch.float64)
+    c0, ct, var = dl.posterior_coefficients(s, t, like)
+    assert float(c0) == pytest.approx(math.sqrt(ab_prev) * beta / (1 - ab), rel=1e-12)
+    assert float(ct) == pytest.approx(math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab), rel=1e-12, abs=1e-15)
+    assert float(var) == pytest.approx((1 - ab_prev) / (1 - ab) * beta, rel=1e-12, abs=1e-15)
+    if t == 0:  # no noise before the first step: x_{-1} is x0 itself
+        assert float(c0) == pytest.approx(1.0, rel=1e-12) and (float(ct), float(var)) == (0.0, 0.0)
+
+
+def test_posterior_coefficients_per_row_shape_and_dtype():
+    # Tensor t gathers one coefficient per row, shaped (B, 1, ...) to broadcast against `like`,
+    # in like's dtype; the values are Eq. 7 written out as above.
+    s = dl.linear_schedule(T=30, beta_start=0.01, beta_end=0.3)
+    betas = [0.01 + (0.3 - 0.01) * k / 29 for k in range(30)]
+    t = torch.tensor([3, 0, 29])
+    like = torch.zeros(3, 2, 5)
+    c0, ct, var = dl.posterior_coefficients(s, t, like)
+    for c in (c0, ct, var):
+        assert c.shape == (3, 1, 1) and c.dtype == torch.float32
+    for i, ti in enumerate(t.tolist()):
+        ab, ab_prev = _ab_by_hand(betas, ti), _ab_by_hand(betas, ti - 1)
+        assert float(c0[i]) == pytest.approx(math.sqrt(ab_prev) * betas[ti] / (1 - ab), rel=1e-6)
+        assert float(ct[i]) == pytest.approx(math.sqrt(1 - betas[ti]) * (1 - ab_prev) / (1 - ab), rel=1e-6, abs=1e-12)
+        assert float(var[i]) == pytest.approx((1 - ab_prev) / (1 - ab) * betas[ti], rel=1e-6, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Noise schedules: index convention, float64, the cosine formula recomputed independently, bad input."""
+import dataclasses
 import math
 
 import numpy as np
@@ -77,8 +78,10 @@ def test_schedule_properties():
 def test_schedule_from_custom_betas_is_float64_and_frozen():
     s = dl.Schedule(torch.tensor([0.1, 0.2, 0.3], dtype=torch.float32))
     assert s.betas.dtype == torch.float64 and s.T == 3
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.betas = torch.tensor([0.5])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.name = "other"
 
 
 def test_make_schedule():

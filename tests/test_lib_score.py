@@ -153,6 +153,23 @@ def test_dsm_loss_of_the_gaussian_oracle_matches_theory():
     assert abs(ratio - expected) < 0.08 * expected
 
 
+def test_dsm_loss_absolute_value_zero_score_and_oracle():
+    # The docstring's convention: loss = mean_batch 1/2 sigma^2 ||s + z / sigma||^2, summed over
+    # the D dimensions. The zero score leaves 1/2 ||z||^2, so E[loss] = D / 2 whatever the data
+    # and sigma; the exact score of N(0, I) data noised to N(0, (1 + sigma^2) I) leaves
+    # (z - sigma x) / (1 + sigma^2), so E[loss] = D / 2 * mean_i 1 / (1 + sigma_i^2).
+    # Dropping the 1/2 doubles both; a mean over dimensions divides them by D = 3.
+    # Per sample ||.||^2 / 2 has variance <= D / 2 = 1.5: with n = 8192 the SE is < 0.014; 5 SE => 0.07.
+    D, n = 3, 8192
+    sigmas = [0.2, 1.0, 3.0]
+    x = torch.randn(n, D, generator=_gen(30), dtype=torch.float64)
+    zero = lambda y, sigma: torch.zeros_like(y)  # noqa: E731
+    oracle = lambda y, sigma: -y / (1 + sigma[:, None] ** 2)  # noqa: E731
+    assert abs(dl.dsm_loss(zero, x, sigmas, generator=_gen(31)).item() - D / 2) < 0.07
+    expected = D / 2 * sum(1 / (1 + s ** 2) for s in sigmas) / 3
+    assert abs(dl.dsm_loss(oracle, x, sigmas, generator=_gen(32)).item() - expected) < 0.07
+
+
 def test_dsm_loss_weighting_is_sigma_squared():
     # With lambda(sigma) = sigma^2, a score that is off by a constant vector d at noise level
     # sigma costs (proportionally) sigma^2 |d|^2 on top of the minimum: check the ratio between levels.
@@ -180,6 +197,21 @@ def test_score_mlp_shapes_and_sigma_scaling():
     out = net(x, torch.full((5,), 0.3))
     assert out.shape == (5, 3) and bool(torch.isfinite(out).all())
     torch.testing.assert_close(net(x, 0.3), out)  # a scalar sigma broadcasts
+    # s(x, sigma) = f(x, log sigma) / sigma. Zero the last layer of the sigma embedding: then f no
+    # longer depends on sigma, and sigma * s(x, sigma) must be the same for every sigma. Without
+    # the 1/sigma output scaling the products would differ by the factor sigma (here up to 1e4).
+    with torch.no_grad():
+        net.emb[-1].weight.zero_()
+        net.emb[-1].bias.zero_()
+        sig = torch.tensor([0.01, 0.3, 1.0, 4.0, 100.0])
+        f = [s_ * net(x, s_) for s_ in sig]
+    for fi in f[1:]:
+        torch.testing.assert_close(fi, f[0], rtol=1e-5, atol=1e-6)
+    assert float(f[0].abs().max()) > 1e-2   # f is not trivially zero
+    # per-row sigma: row i is scaled by its own 1 / sigma_i
+    with torch.no_grad():
+        rows = net(x, sig)
+    torch.testing.assert_close(rows * sig[:, None], f[0], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
