@@ -307,3 +307,33 @@ def test_ddim_sample_and_invert_are_silent_unless_progress_is_asked_for(capsys):
     dl.ddim_invert(_toy_model, S, x, steps=5, progress=True)
     out, err = capsys.readouterr()
     assert out == "" and "DDIM inversion" in err and "5/5" in err
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading"])
+def test_ddim_invert_spacing_cond_and_dtype(spacing):
+    # The constant-eps model's exact trajectory for either spacing; cond reaches the model; a
+    # float32 input stays float32 (the float64 coefficients are cast to the data's dtype).
+    g = _gen(60)
+    x0, e = (torch.randn(3, 2, generator=g) for _ in range(2))
+    seen = []
+
+    def model(x, t, cond=None):
+        seen.append(cond)
+        return e.expand_as(x)
+    cond = torch.tensor([1, 0, 2])
+    xT = dl.ddim_invert(model, S, x0, steps=4, cond=cond, spacing=spacing)
+    first = dl.ddim_timesteps(S.T, 4, spacing)[0]
+    assert xT.dtype == torch.float32
+    ab = S.alpha_bars[first]
+    torch.testing.assert_close(xT, (ab.sqrt() * x0.double() + (1 - ab).sqrt() * e.double()).float())
+    assert len(seen) == 4 and all(c is cond for c in seen)
+
+
+def test_ddim_sigma_keeps_the_dtype_of_like():
+    like = torch.zeros(2, 3)
+    s = dl.ddim_sigma(S, 10, 5, 0.5, like)
+    assert s.dtype == torch.float32
+    with pytest.raises(ValueError, match=r"^like must be finite"):
+        dl.ddim_sigma(S, 10, 5, 0.5, torch.tensor([float("nan")]))
+    with pytest.raises(ValueError, match=r"^eta must be in \[0, inf\], got -1.0$"):
+        dl.ddim_sigma(S, 10, 5, -1.0, like)

@@ -378,3 +378,22 @@ def test_ddpm_sample_is_silent_unless_progress_is_asked_for(capsys):
     dl.ddpm_sample(_toy_model, S, (2, 2), generator=_gen(30), progress=True)
     out, err = capsys.readouterr()
     assert out == "" and "DDPM" in err and f"{S.T}/{S.T}" in err
+
+
+def test_ddpm_loss_replayed_draw_by_draw_in_float64():
+    # ddpm_loss = mean over batch and coordinates of (eps_theta(x_t, t) - eps)^2 with t drawn first
+    # (uniform in [0, T-1]) and then eps, both from the generator, eps in x0's dtype. Replayed by
+    # hand with a model whose output depends on t: float32 noise for float64 data, t drawn from
+    # another stream, or t and eps swapped in order all change the value.
+    g = _gen(50)
+    x0 = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    model = lambda x, t, cond=None: 0.5 * x + 0.01 * t[:, None].to(x.dtype)  # noqa: E731
+    g = _gen(51)
+    t = torch.randint(0, S.T, (64,), generator=g)
+    eps = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    ab = S.alpha_bars[t][:, None]
+    xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    expected = ((0.5 * xt + 0.01 * t[:, None] - eps) ** 2).mean()
+    loss = dl.ddpm_loss(model, S, x0, generator=_gen(51))
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, expected)

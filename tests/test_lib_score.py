@@ -351,3 +351,51 @@ def test_annealed_langevin_is_silent_unless_progress_is_asked_for(capsys):
     dl.annealed_langevin_sample(score, [1.0, 0.5, 0.1], x0, 0.01, 2, generator=_gen(40), progress=True)
     out, err = capsys.readouterr()
     assert out == "" and "annealed Langevin" in err and "3/3" in err
+
+
+def test_dsm_loss_replayed_draw_by_draw_in_float64():
+    # dsm_loss draws the sigma index first (uniform over `sigmas`), then z in x's dtype, both from
+    # the generator; replayed by hand with a score that depends on sigma.
+    g = _gen(50)
+    x = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    sigmas = [0.1, 0.7, 2.0]
+    score = lambda y, sigma: -0.3 * y / sigma[:, None]  # noqa: E731
+    g = _gen(51)
+    idx = torch.randint(0, 3, (64,), generator=g)
+    z = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    sig = torch.tensor(sigmas, dtype=torch.float32)[idx].double()[:, None]
+    expected = 0.5 * ((sig * score(x + sig * z, sig[:, 0]) + z) ** 2).sum(1).mean()
+    loss = dl.dsm_loss(score, x, sigmas, generator=_gen(51))
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, expected)
+
+
+def test_score_mlp_config_and_bad_dim():
+    net = dl.ScoreMLP(dim=3, hidden=16, depth=2, emb_dim=8)
+    assert net.config == {"dim": 3, "hidden": 16, "depth": 2, "emb_dim": 8}
+    assert dl.ScoreMLP(dim=1, hidden=8, depth=1, emb_dim=4)(torch.zeros(2, 1), 1.0).shape == (2, 1)
+    with pytest.raises(ValueError, match=r"^dim must be an integer in \[1, inf\], got 0$"):
+        dl.ScoreMLP(dim=0)
+
+
+def test_ddpm_score_model_passes_cond_and_ddpm_sigmas_limits():
+    s = dl.linear_schedule(T=20, beta_start=0.01, beta_end=0.3)
+    seen = []
+
+    def model(x, t, cond=None):
+        seen.append(cond)
+        return torch.ones_like(x)
+    cond = torch.tensor([0, 1])
+    out = dl.ddpm_score_model(model, s, cond=cond)(torch.zeros(2, 2), torch.tensor([0.5, 0.25]))
+    assert seen[0] is cond
+    torch.testing.assert_close(out, -torch.tensor([[2.0, 2.0], [4.0, 4.0]]))
+    one = dl.ddpm_sigmas(s, 1)   # n = 1 is allowed: the noisiest level only
+    torch.testing.assert_close(one.double(), (1 - s.alpha_bars[-1:]).sqrt(), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match=r"^n must be an integer in \[1, 20\], got 0$"):
+        dl.ddpm_sigmas(s, 0)
+    with pytest.raises(TypeError, match=r"^model must be callable as model\(x, t, cond=None\), got int$"):
+        dl.ddpm_score_model(3, s)
+    with pytest.raises(ValueError, match=r"^eps must be finite"):
+        dl.eps_to_score(torch.tensor([[float("nan")]]), s, 1)
+    with pytest.raises(TypeError, match=r"^score_model must be callable as score_model\(x, sigma\), got int$"):
+        dl.dsm_loss(3, torch.zeros(2, 2), [1.0])
