@@ -100,3 +100,23 @@ notebooks: $(INSTALLED)
 
 clean:
 	rm -rf _build $(BROWSER_DIR)/screenshots .pytest_cache
+
+# Mutation testing (too slow for `make test`; run it before resolving a library issue; see
+# CONTRIBUTING.md, "Mutation testing"). Add a module to MUTANT_MODULES when it lands; its tests
+# are tests/test_lib_<module>.py, plus the oracle sampler tests in MUTANT_EXTRA_TESTS.
+#   make mutants                              every core module
+#   make mutants MUTANT_MODULES="ddpm ddim"   some of them
+MUTANT_MODULES ?= gaussians schedules forward ddpm ddim score guidance elbo
+MUTANT_EXTRA_TESTS ?= tests/test_lib_samplers.py
+MUTANT_TESTS = $(foreach m,$(MUTANT_MODULES),tests/test_lib_$(m).py) $(MUTANT_EXTRA_TESTS)
+MUTANT_JOBS ?= 2
+DEV_INSTALLED := $(VENV)/.installed-dev
+
+$(DEV_INSTALLED): requirements-dev.txt $(INSTALLED)
+	$(PY) -m pip install -r requirements-dev.txt
+	touch $@
+
+.PHONY: mutants
+mutants: $(DEV_INSTALLED)
+	env -u PYTHONPATH $(PY) scripts/run_mutants.py --modules "$(MUTANT_MODULES)" --tests "$(MUTANT_TESTS)" --max-children $(MUTANT_JOBS)
+	env -u PYTHONPATH $(VENV)/bin/mutmut results

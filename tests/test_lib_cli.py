@@ -2,8 +2,8 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
-import torch
 
 import diffusion_lab as dl
 from diffusion_lab.cli import main
@@ -22,6 +22,7 @@ def test_train_then_sample_writes_a_checkpoint_and_a_png(tmp_path, capsys):
     png = tmp_path / "s.png"
     rc = main(["sample", "--ckpt", str(ckpt), "--n", "32", "--steps", "5", "--out", str(png), "--no-progress"])
     assert rc == 0 and png.read_bytes()[:8] == PNG
+    _assert_is_a_scatter_plot(png)
     rc = main(["sample", "--ckpt", str(ckpt), "--n", "8", "--sampler", "ddpm", "--out", str(tmp_path / "d.png"),
                "--no-progress"])
     assert rc == 0 and (tmp_path / "d.png").read_bytes()[:8] == PNG
@@ -38,6 +39,20 @@ def test_conditional_train_and_guided_sample(tmp_path):
     assert main(["sample", "--ckpt", str(ckpt), "--label", "1", "--guidance", "2.5", "--n", "16", "--steps", "4",
                  "--out", str(png), "--no-progress"]) == 0
     assert png.read_bytes()[:8] == PNG
+    _assert_is_a_scatter_plot(png)
+
+
+def _assert_is_a_scatter_plot(path):
+    # Decode the PNG: a 4 x 4 inch figure at 100 dpi, cropped to its content ("tight"), so between
+    # 200 and 400 pixels a side, with the scatter points drawn in matplotlib's first colour C0
+    # (#1f77b4, alpha 0.5 over white, or darker where points overlap): an empty or blank figure fails.
+    from PIL import Image
+    img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    h, w, _ = img.shape
+    assert 200 <= h <= 400 and 200 <= w <= 400, (h, w)
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    bluish = (b - r > 40) & (b > 120)
+    assert int(bluish.sum()) >= 20, int(bluish.sum())
 
 
 def test_cli_errors(tmp_path, capsys):
@@ -45,17 +60,27 @@ def test_cli_errors(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert main(["sample", "--ckpt", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "x.png")]) == 2
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    # A checked refusal: SystemExit with a message that names the flag and the data set (the
+    # interpreter prints it and exits with status 1).
+    with pytest.raises(SystemExit) as exc:
         main(["train", "--data", "moons", "--conditional", "--out", str(tmp_path / "m.pt"), "--steps", "1"])
-    with pytest.raises(SystemExit):
+    assert isinstance(exc.value.code, str) and "--conditional" in exc.value.code and "moons" in exc.value.code
+    # An argument argparse rejects: usage error, exit status 2, the bad choice named on stderr.
+    with pytest.raises(SystemExit) as exc:
         main(["train", "--data", "nonsense", "--out", str(tmp_path / "m.pt")])
+    assert exc.value.code == 2 and "nonsense" in capsys.readouterr().err
     ckpt = tmp_path / "plain.pt"
     dl.save_checkpoint(ckpt, dl.TimeMLP(dim=2, hidden=8, depth=1, emb_dim=8), {"sample_shape": [2], "T": 1000})
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         main(["sample", "--ckpt", str(ckpt), "--label", "1", "--out", str(tmp_path / "x.png")])
+    assert isinstance(exc.value.code, str) and "--label" in exc.value.code and "conditional" in exc.value.code
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "diffusion_lab", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "train" in out.stdout and "sample" in out.stdout
-    assert torch.__version__  # (the subprocess imports the same environment)
+    # a bad subcommand through the same entry point: argparse's usage error, status 2
+    bad = subprocess.run([sys.executable, "-m", "diffusion_lab", "frobnicate"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "frobnicate" in bad.stderr

@@ -74,6 +74,28 @@ def test_ddim_step_is_eq12(t, t_prev, eta):
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+@pytest.mark.parametrize("t, t_prev, clip", [(19, 14, 1.0), (10, 9, 2.5), (4, -1, 1.0)])
+def test_ddim_step_clip_x0_is_eq12_with_eps_rederived(t, t_prev, eta, clip):
+    # x0_hat = clamp((x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t), -clip, clip), then eps is re-derived
+    # from the clipped x0_hat, eps' = (x_t - sqrt(ab_t) x0_hat) / sqrt(1 - ab_t) (GLIDE; diffusers'
+    # use_clipped_model_output=True), and Eq. 12 uses x0_hat and eps'. Keeping the raw eps, a
+    # halved clip range or clamping x_t instead all fail: x0_raw has entries inside the range that
+    # must pass unchanged and entries outside it.
+    ab, abp = _ab(t), _ab(t_prev)
+    x0_raw = torch.tensor([[0.8, -0.6, 3.0, -0.2], [-4.0, 0.45, 1.9, 0.95]], dtype=torch.float64) * clip
+    eps = torch.randn(2, 4, generator=_gen(200 + t), dtype=torch.float64)
+    z = torch.randn(2, 4, generator=_gen(300 + t), dtype=torch.float64)
+    xt = ab.sqrt() * x0_raw + (1 - ab).sqrt() * eps
+    x0 = torch.minimum(torch.maximum(x0_raw, torch.tensor(-clip)), torch.tensor(clip))
+    eps_clipped = (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
+    sigma = eta * ((1 - abp) / (1 - ab) * (1 - ab / abp)).sqrt()
+    expected = abp.sqrt() * x0 + (1 - abp - sigma ** 2).sqrt() * eps_clipped + sigma * z
+    out = dl.ddim_step(S, xt, eps, t, t_prev, eta=eta, noise=z, clip_x0=clip)
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, dl.ddim_step(S, xt, eps, t, t_prev, eta=eta, noise=z))   # clipping mattered
+
+
 @pytest.mark.parametrize("t", [0, 1, 2, 10, 19])
 def test_ddim_step_eta1_consecutive_equals_ddpm_step(t):
     g = _gen(100 + t)
@@ -182,93 +204,136 @@ NAN = torch.tensor([[0.0, float("nan"), 0.0], [0.0, 0.0, 0.0]])
                                                  (10, 0, "steps", ValueError), (10, 2.0, "steps", TypeError),
                                                  (10.0, 2, "T", TypeError)])
 def test_ddim_timesteps_bad_input(T, steps, name, exc):
-    with pytest.raises(exc, match=name):
+    with pytest.raises(exc, match=rf"^{name}\b"):
         dl.ddim_timesteps(T, steps)
 
 
 def test_ddim_timesteps_bad_spacing():
-    with pytest.raises(ValueError, match="spacing"):
+    with pytest.raises(ValueError, match=r"^spacing\b"):
         dl.ddim_timesteps(10, 2, "linspace")
 
 
 @pytest.mark.parametrize("t, t_prev, name", [(20, 5, "t"), (-1, -1, "t"), (5, 5, "t_prev"), (5, 7, "t_prev"),
                                              (5, -2, "t_prev"), (torch.tensor([5, 3]), torch.tensor([4, 3]), "t_prev")])
 def test_ddim_step_bad_timesteps(t, t_prev, name):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=rf"^{name}\b"):
         dl.ddim_step(S, X, X, t, t_prev)
 
 
 def test_ddim_step_bad_input():
-    with pytest.raises(ValueError, match="eta"):
+    with pytest.raises(ValueError, match=r"^eta\b"):
         dl.ddim_step(S, X, X, 5, 4, eta=-0.1)
-    with pytest.raises(ValueError, match="eta"):
+    with pytest.raises(ValueError, match=r"^eta\b"):
         dl.ddim_step(S, X, X, 5, 4, eta=float("nan"))
-    with pytest.raises(ValueError, match="noise"):
+    with pytest.raises(ValueError, match=r"^noise\b"):
         dl.ddim_step(S, X, X, 5, 4, eta=0.5)
-    with pytest.raises(ValueError, match="noise"):
+    with pytest.raises(ValueError, match=r"^noise\b"):
         dl.ddim_step(S, X, X, 5, 4, eta=0.5, noise=NAN)
-    with pytest.raises(ValueError, match="eps"):
+    with pytest.raises(ValueError, match=r"^eps\b"):
         dl.ddim_step(S, X, torch.zeros(3, 2), 5, 4)
-    with pytest.raises(ValueError, match="xt"):
+    with pytest.raises(ValueError, match=r"^xt\b"):
         dl.ddim_step(S, NAN, X, 5, 4)
-    with pytest.raises(TypeError, match="schedule"):
+    with pytest.raises(TypeError, match=r"^schedule\b"):
         dl.ddim_step(None, X, X, 5, 4)
-    with pytest.raises(TypeError, match="t_prev"):
+    with pytest.raises(TypeError, match=r"^t_prev\b"):
         dl.ddim_step(S, X, X, 5, 4.0)
-    with pytest.raises(TypeError, match="eta"):
+    with pytest.raises(TypeError, match=r"^eta\b"):
         dl.ddim_step(S, X, X, 5, 4, eta="0")
 
 
 def test_ddim_step_rejects_noise_of_the_wrong_shape():
-    with pytest.raises(ValueError, match="noise"):
+    with pytest.raises(ValueError, match=r"^noise\b"):
         dl.ddim_step(S, X, X, 5, 4, eta=1.0, noise=torch.zeros(2, 1))
 
 
 def test_ddim_sigma_bad_input():
-    with pytest.raises(ValueError, match="eta"):
+    with pytest.raises(ValueError, match=r"^eta\b"):
         dl.ddim_sigma(S, 5, 4, -1.0, X)
-    with pytest.raises(ValueError, match="t"):
+    with pytest.raises(ValueError, match=r"^t\b"):
         dl.ddim_sigma(S, 20, 4, 0.5, X)
 
 
 def test_ddim_sample_bad_input():
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(ValueError, match=r"^steps\b"):
         dl.ddim_sample(_toy_model, S, (2, 3), steps=21)
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(ValueError, match=r"^steps\b"):
         dl.ddim_sample(_toy_model, S, (2, 3), steps=0)
-    with pytest.raises(ValueError, match="eta"):
+    with pytest.raises(ValueError, match=r"^eta\b"):
         dl.ddim_sample(_toy_model, S, (2, 3), steps=5, eta=-1.0)
-    with pytest.raises(TypeError, match="model"):
+    with pytest.raises(TypeError, match=r"^model\b"):
         dl.ddim_sample(3, S, (2, 3), steps=5)
-    with pytest.raises(TypeError, match="schedule"):
+    with pytest.raises(TypeError, match=r"^schedule\b"):
         dl.ddim_sample(_toy_model, None, (2, 3), steps=5)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"^shape\b"):
         dl.ddim_sample(_toy_model, S, (0, 3), steps=5)
-    with pytest.raises(ValueError, match="xT"):
+    with pytest.raises(ValueError, match=r"^xT\b"):
         dl.ddim_sample(_toy_model, S, (2, 3), steps=5, xT=torch.zeros(2, 2))
-    with pytest.raises(ValueError, match="cond"):
+    with pytest.raises(ValueError, match=r"^cond\b"):
         dl.ddim_sample(_toy_model, S, (2, 3), steps=5, cond=torch.tensor([[0, 1]]))
-    with pytest.raises(ValueError, match="spacing"):
+    with pytest.raises(ValueError, match=r"^spacing\b"):
         dl.ddim_sample(_toy_model, S, (2, 3), steps=5, spacing="uniform")
-    with pytest.raises(ValueError, match="model"):
+    with pytest.raises(ValueError, match=r"^model\b"):
         dl.ddim_sample(lambda x, t, cond=None: x.sum(1), S, (2, 3), steps=5)
-    with pytest.raises(TypeError, match="generator"):
+    with pytest.raises(TypeError, match=r"^generator\b"):
         dl.ddim_sample(_toy_model, S, (2, 3), steps=5, eta=1.0, generator=1)
 
 
 def test_ddim_sample_rejects_a_non_callable_callback():
-    with pytest.raises(TypeError, match="callback"):
+    with pytest.raises(TypeError, match=r"^callback\b"):
         dl.ddim_sample(_toy_model, S, (2, 3), steps=5, callback="print")
 
 
 def test_ddim_invert_bad_input():
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(ValueError, match=r"^steps\b"):
         dl.ddim_invert(_toy_model, S, X, steps=21)
-    with pytest.raises(ValueError, match="x0"):
+    with pytest.raises(ValueError, match=r"^x0\b"):
         dl.ddim_invert(_toy_model, S, NAN, steps=5)
-    with pytest.raises(TypeError, match="model"):
+    with pytest.raises(TypeError, match=r"^model\b"):
         dl.ddim_invert(None, S, X, steps=5)
-    with pytest.raises(TypeError, match="schedule"):
+    with pytest.raises(TypeError, match=r"^schedule\b"):
         dl.ddim_invert(_toy_model, "cosine", X, steps=5)
-    with pytest.raises(ValueError, match="cond"):
+    with pytest.raises(ValueError, match=r"^cond\b"):
         dl.ddim_invert(_toy_model, S, X, steps=5, cond=torch.tensor([1, 2, 3]))
+
+
+def test_ddim_sample_and_invert_are_silent_unless_progress_is_asked_for(capsys):
+    # STYLE: long loops show a tqdm bar that callers can switch off; nothing else prints.
+    x = dl.ddim_sample(_toy_model, S, (2, 2), steps=5, generator=_gen(30))
+    dl.ddim_invert(_toy_model, S, x, steps=5)
+    assert capsys.readouterr() == ("", "")
+    dl.ddim_sample(_toy_model, S, (2, 2), steps=5, generator=_gen(30), progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "DDIM" in err and "5/5" in err
+    dl.ddim_invert(_toy_model, S, x, steps=5, progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "DDIM inversion" in err and "5/5" in err
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading"])
+def test_ddim_invert_spacing_cond_and_dtype(spacing):
+    # The constant-eps model's exact trajectory for either spacing; cond reaches the model; a
+    # float32 input stays float32 (the float64 coefficients are cast to the data's dtype).
+    g = _gen(60)
+    x0, e = (torch.randn(3, 2, generator=g) for _ in range(2))
+    seen = []
+
+    def model(x, t, cond=None):
+        seen.append(cond)
+        return e.expand_as(x)
+    cond = torch.tensor([1, 0, 2])
+    xT = dl.ddim_invert(model, S, x0, steps=4, cond=cond, spacing=spacing)
+    first = dl.ddim_timesteps(S.T, 4, spacing)[0]
+    assert xT.dtype == torch.float32
+    ab = S.alpha_bars[first]
+    torch.testing.assert_close(xT, (ab.sqrt() * x0.double() + (1 - ab).sqrt() * e.double()).float())
+    assert len(seen) == 4 and all(c is cond for c in seen)
+
+
+def test_ddim_sigma_keeps_the_dtype_of_like():
+    like = torch.zeros(2, 3)
+    s = dl.ddim_sigma(S, 10, 5, 0.5, like)
+    assert s.dtype == torch.float32
+    with pytest.raises(ValueError, match=r"^like must be finite"):
+        dl.ddim_sigma(S, 10, 5, 0.5, torch.tensor([float("nan")]))
+    with pytest.raises(ValueError, match=r"^eta must be in \[0, inf\], got -1.0$"):
+        dl.ddim_sigma(S, 10, 5, -1.0, like)

@@ -2,6 +2,8 @@
 the loss on data whose exact epsilon is known, sampler plumbing, and bad input.
 (The oracle checks of the sampler are in test_lib_samplers.py, the diffusers ones in
 test_lib_diffusers.py.)"""
+import math
+
 import pytest
 import torch
 
@@ -32,14 +34,23 @@ def test_ddpm_step_is_algorithm_2(t, variance):
     torch.testing.assert_close(x0_hat, (xt - (1 - ab).sqrt() * eps) / ab.sqrt())
 
 
+def _posterior_mean_by_hand(x0, xt, t):
+    # Ho et al. 2020, Eq. 7 written out: sqrt(ab_{t-1}) beta_t / (1 - ab_t) x0
+    #                                    + sqrt(alpha_t) (1 - ab_{t-1}) / (1 - ab_t) x_t.
+    beta, ab = S.betas[t], S.alpha_bars[t]
+    ab_prev = S.alpha_bars[t - 1] if t > 0 else torch.tensor(1.0, dtype=torch.float64)
+    return ab_prev.sqrt() * beta / (1 - ab) * x0 + (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab) * xt
+
+
 def test_ddpm_step_mean_is_the_posterior_mean_at_predicted_x0():
+    # Algorithm 2's mean equals Eq. 7's posterior mean evaluated at x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t).
     g = _gen(1)
     xt, eps = (torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(2))
     for t in (1, 7, 19):
         x_prev, x0_hat = dl.ddpm_step(S, xt, eps, t, torch.zeros_like(xt))
-        mean, _ = dl.q_posterior(S, x0_hat, xt, t)
-        torch.testing.assert_close(x_prev, mean)
-        torch.testing.assert_close(x0_hat, dl.predict_x0(S, xt, eps, t))
+        expected_x0 = (xt - (1 - S.alpha_bars[t]).sqrt() * eps) / S.alpha_bars[t].sqrt()
+        torch.testing.assert_close(x0_hat, expected_x0)
+        torch.testing.assert_close(x_prev, _posterior_mean_by_hand(expected_x0, xt, t))
 
 
 def test_ddpm_step_at_t0_returns_predicted_x0_without_noise():
@@ -54,13 +65,26 @@ def test_ddpm_step_at_t0_returns_predicted_x0_without_noise():
     torch.testing.assert_close(x_prev2, expected)
 
 
-def test_ddpm_step_clip_x0():
-    xt = torch.tensor([[5.0, -5.0, 0.1]], dtype=torch.float64)
-    eps = torch.zeros_like(xt)
-    x_prev, x0_hat = dl.ddpm_step(S, xt, eps, 5, torch.zeros_like(xt), clip_x0=1.0)
-    assert float(x0_hat.abs().max()) <= 1.0
-    mean, _ = dl.q_posterior(S, x0_hat, xt, 5)
-    torch.testing.assert_close(x_prev, mean)
+@pytest.mark.parametrize("clip", [1.0, 2.5])
+@pytest.mark.parametrize("variance", ["posterior", "beta"])
+def test_ddpm_step_clip_x0_is_the_equation_written_out(clip, variance):
+    # x0_hat = clamp((x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t), -clip, clip), and the step is Eq. 7's
+    # mean at the clipped x0_hat plus sigma_t z. The raw x0_hat has entries inside (-clip, clip) that
+    # a halved clip range (or clamping x_t instead of x0_hat) would change, and entries beyond it.
+    t = 5
+    ab = S.alpha_bars[t]
+    x0_raw = torch.tensor([[0.8, -0.6, 3.0], [-4.0, 0.45, 1.9]], dtype=torch.float64) * clip
+    eps = torch.randn(2, 3, generator=_gen(3), dtype=torch.float64)
+    xt = ab.sqrt() * x0_raw + (1 - ab).sqrt() * eps
+    z = torch.randn(2, 3, generator=_gen(4), dtype=torch.float64)
+    x_prev, x0_hat = dl.ddpm_step(S, xt, eps, t, z, variance=variance, clip_x0=clip)
+    expected_x0 = torch.minimum(torch.maximum(x0_raw, torch.tensor(-clip)), torch.tensor(clip))
+    torch.testing.assert_close(x0_hat, expected_x0)
+    beta = S.betas[t]
+    var = beta * (1 - S.alpha_bars[t - 1]) / (1 - ab) if variance == "posterior" else beta
+    torch.testing.assert_close(x_prev, _posterior_mean_by_hand(expected_x0, xt, t) + var.sqrt() * z)
+    # clipping changed the step: without it the result differs (the test is not vacuous)
+    assert not torch.allclose(dl.ddpm_step(S, xt, eps, t, z, variance=variance)[0], x_prev)
 
 
 # ---------------------------------------------------------------------------------------
@@ -96,6 +120,23 @@ def test_ddpm_loss_of_the_gaussian_oracle_matches_theory():
     l_oracle = dl.ddpm_loss(oracle, s, x0, generator=_gen(5)).item()
     l_zero = dl.ddpm_loss(zero, s, x0, generator=_gen(5)).item()
     assert abs(l_oracle / l_zero - s.alpha_bars.mean().item()) < 0.07
+
+
+def test_ddpm_loss_absolute_scale_is_per_dimension():
+    # Eq. 14 averaged over batch AND dimensions: the zero predictor costs E[eps^2] = 1 per
+    # coordinate, whatever D; the oracle sqrt(1 - ab_t) x_t on N(0, I) data leaves the residual
+    # ab_t eps - sqrt(ab_t (1 - ab_t)) x0 of variance ab_t, so E[loss] = mean_t ab_t.
+    # A loss summed over the D = 4 coordinates would give 4 and 4 mean_t ab_t; a missing square
+    # gives ~0 and a sign flip in the target 4 (zero predictor is unaffected, the oracle is not).
+    # n = 4096 * 4 elements, each of variance <= 2: SE < sqrt(2 / n) = 0.011; 5 SE => 0.056.
+    s = dl.linear_schedule(T=50, beta_start=1e-3, beta_end=0.2)
+    x0 = torch.randn(4096, 4, generator=_gen(40))
+    ab_all = s.alpha_bars.float()
+    oracle = lambda x, t, cond=None: (1 - ab_all[t])[:, None].sqrt() * x  # noqa: E731
+    zero = lambda x, t, cond=None: torch.zeros_like(x)  # noqa: E731
+    mean_ab = sum(math.prod(1 - (1e-3 + (0.2 - 1e-3) * k / 49) for k in range(t + 1)) for t in range(50)) / 50
+    assert abs(dl.ddpm_loss(zero, s, x0, generator=_gen(41)).item() - 1.0) < 0.056
+    assert abs(dl.ddpm_loss(oracle, s, x0, generator=_gen(42)).item() - mean_ab) < 0.056
 
 
 def test_ddpm_loss_scalar_deterministic_differentiable_and_passes_cond():
@@ -181,12 +222,35 @@ def test_ddpm_sample_passes_cond_and_t_to_the_model():
         assert torch.equal(t, torch.full((3,), S.T - 1 - k)) and torch.equal(c, cond)
 
 
-def test_ddpm_sample_uses_the_model_device_and_xT():
+def test_ddpm_sample_starts_from_the_given_xT():
+    # With xT given, the sampler starts there and draws only the per-step noise from the generator:
+    # replay Algorithm 2 by hand from xT (first draw = the noise of step T-1). A sampler that
+    # validated xT and then drew a fresh x_T instead would differ in every row.
     net = torch.nn.Linear(2, 2).double()
     model = lambda x, t, cond=None: net(x)  # noqa: E731
-    xT = torch.randn(3, 2, generator=_gen(14), dtype=torch.float64)
+    xT = 3.0 + torch.randn(3, 2, generator=_gen(14), dtype=torch.float64)   # far from N(0, I) draws
+    g = _gen(15)
+    x = xT.clone()
+    with torch.no_grad():
+        for t in range(S.T - 1, -1, -1):
+            beta, ab = S.betas[t], S.alpha_bars[t]
+            eps = net(x)
+            mean = (x - beta / (1 - ab).sqrt() * eps) / (1 - beta).sqrt()
+            if t > 0:
+                var = beta * (1 - S.alpha_bars[t - 1]) / (1 - ab)
+                x = mean + var.sqrt() * torch.randn(3, 2, generator=g, dtype=torch.float64)
+            else:
+                x = mean
     out = dl.ddpm_sample(model, S, (3, 2), generator=_gen(15), xT=xT)
     assert out.device.type == "cpu" and out.shape == (3, 2)
+    torch.testing.assert_close(out, x)
+    # the callback's first state came from xT, not from a fresh draw
+    first = []
+    dl.ddpm_sample(model, S, (3, 2), generator=_gen(15), xT=xT, callback=lambda d: first.append(d) if d["i"] == 0 else None)
+    beta, ab = S.betas[-1], S.alpha_bars[-1]
+    with torch.no_grad():
+        x0_expected = (xT - (1 - ab).sqrt() * net(xT)) / ab.sqrt()
+    torch.testing.assert_close(first[0]["x0_hat"], x0_expected)
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,85 +262,85 @@ NAN = torch.tensor([[0.0, float("nan"), 0.0], [0.0, 0.0, 0.0]])
 
 @pytest.mark.parametrize("t", [-1, 20, 10_000])
 def test_ddpm_step_t_out_of_range(t):
-    with pytest.raises(ValueError, match="t"):
+    with pytest.raises(ValueError, match=r"^t\b"):
         dl.ddpm_step(S, X, X, t, X)
 
 
 def test_ddpm_step_bad_input():
-    with pytest.raises(TypeError, match="t"):
+    with pytest.raises(TypeError, match=r"^t\b"):
         dl.ddpm_step(S, X, X, 2.5, X)
-    with pytest.raises(ValueError, match="eps"):
+    with pytest.raises(ValueError, match=r"^eps\b"):
         dl.ddpm_step(S, X, torch.zeros(2, 4), 3, X)
-    with pytest.raises(ValueError, match="xt"):
+    with pytest.raises(ValueError, match=r"^xt\b"):
         dl.ddpm_step(S, NAN, X, 3, X)
-    with pytest.raises(ValueError, match="eps"):
+    with pytest.raises(ValueError, match=r"^eps\b"):
         dl.ddpm_step(S, X, NAN, 3, X)
-    with pytest.raises(ValueError, match="noise"):
+    with pytest.raises(ValueError, match=r"^noise\b"):
         dl.ddpm_step(S, X, X, 3, None)
-    with pytest.raises(ValueError, match="noise"):
+    with pytest.raises(ValueError, match=r"^noise\b"):
         dl.ddpm_step(S, X, X, 3, NAN)
-    with pytest.raises(ValueError, match="variance"):
+    with pytest.raises(ValueError, match=r"^variance\b"):
         dl.ddpm_step(S, X, X, 3, X, variance="large")
 
 
 def test_ddpm_step_rejects_a_non_schedule():
-    with pytest.raises(TypeError, match="schedule"):
+    with pytest.raises(TypeError, match=r"^schedule\b"):
         dl.ddpm_step("linear", X, X, 3, X)
 
 
 def test_ddpm_step_rejects_noise_of_the_wrong_shape():
     # A (B, 1) noise would broadcast silently and give every coordinate the same noise.
-    with pytest.raises(ValueError, match="noise"):
+    with pytest.raises(ValueError, match=r"^noise\b"):
         dl.ddpm_step(S, X, X, 3, torch.zeros(2, 1))
 
 
 def test_ddpm_loss_bad_input():
-    with pytest.raises(TypeError, match="model"):
+    with pytest.raises(TypeError, match=r"^model\b"):
         dl.ddpm_loss("model", S, X)
-    with pytest.raises(TypeError, match="schedule"):
+    with pytest.raises(TypeError, match=r"^schedule\b"):
         dl.ddpm_loss(_toy_model, 1000, X)
-    with pytest.raises(ValueError, match="x0"):
+    with pytest.raises(ValueError, match=r"^x0\b"):
         dl.ddpm_loss(_toy_model, S, NAN)
-    with pytest.raises(TypeError, match="x0"):
+    with pytest.raises(TypeError, match=r"^x0\b"):
         dl.ddpm_loss(_toy_model, S, [[0.0]])
-    with pytest.raises(ValueError, match="cond"):
+    with pytest.raises(ValueError, match=r"^cond\b"):
         dl.ddpm_loss(_toy_model, S, X, cond=torch.tensor([0, 1, 2]))
-    with pytest.raises(ValueError, match="cond"):
+    with pytest.raises(ValueError, match=r"^cond\b"):
         dl.ddpm_loss(_toy_model, S, X, cond=torch.tensor([0.0, 1.0]))
-    with pytest.raises(TypeError, match="generator"):
+    with pytest.raises(TypeError, match=r"^generator\b"):
         dl.ddpm_loss(_toy_model, S, X, generator=123)
 
 
 def test_ddpm_sample_bad_input():
-    with pytest.raises(TypeError, match="model"):
+    with pytest.raises(TypeError, match=r"^model\b"):
         dl.ddpm_sample(None, S, (2, 3))
-    with pytest.raises(TypeError, match="schedule"):
+    with pytest.raises(TypeError, match=r"^schedule\b"):
         dl.ddpm_sample(_toy_model, "linear", (2, 3))
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"^shape\b"):
         dl.ddpm_sample(_toy_model, S, (2, 0))
-    with pytest.raises(TypeError, match="shape"):
+    with pytest.raises(TypeError, match=r"^shape\b"):
         dl.ddpm_sample(_toy_model, S, 5)
-    with pytest.raises(TypeError, match="shape"):
+    with pytest.raises(TypeError, match=r"^shape\b"):
         dl.ddpm_sample(_toy_model, S, (2, 1.5))
-    with pytest.raises(ValueError, match="cond"):
+    with pytest.raises(ValueError, match=r"^cond\b"):
         dl.ddpm_sample(_toy_model, S, (2, 3), cond=torch.tensor([1]))
-    with pytest.raises(ValueError, match="xT"):
+    with pytest.raises(ValueError, match=r"^xT\b"):
         dl.ddpm_sample(_toy_model, S, (2, 3), xT=torch.zeros(3, 3))
-    with pytest.raises(ValueError, match="xT"):
+    with pytest.raises(ValueError, match=r"^xT\b"):
         dl.ddpm_sample(_toy_model, S, (2, 3), xT=NAN)
-    with pytest.raises(TypeError, match="generator"):
+    with pytest.raises(TypeError, match=r"^generator\b"):
         dl.ddpm_sample(_toy_model, S, (2, 3), generator="seed")
 
 
 def test_ddpm_sample_rejects_a_broken_model():
-    with pytest.raises(ValueError, match="model"):
+    with pytest.raises(ValueError, match=r"^model\b"):
         dl.ddpm_sample(lambda x, t, cond=None: x[:, :1], S, (2, 3))
-    with pytest.raises(ValueError, match="model"):
+    with pytest.raises(ValueError, match=r"^model\b"):
         dl.ddpm_sample(lambda x, t, cond=None: x * float("nan"), S, (2, 3))
 
 
 def test_ddpm_sample_rejects_a_non_callable_callback():
-    with pytest.raises(TypeError, match="callback"):
+    with pytest.raises(TypeError, match=r"^callback\b"):
         dl.ddpm_sample(_toy_model, S, (2, 3), callback=5)
 
 
@@ -284,7 +348,7 @@ def test_ddpm_sample_variance_option():
     a = dl.ddpm_sample(_toy_model, S, (2, 3), generator=_gen(0), variance="beta")
     b = dl.ddpm_sample(_toy_model, S, (2, 3), generator=_gen(0), variance="posterior")
     assert not torch.allclose(a, b)
-    with pytest.raises(ValueError, match="variance"):
+    with pytest.raises(ValueError, match=r"^variance\b"):
         dl.ddpm_sample(_toy_model, S, (2, 3), variance="fixed_large")
 
 
@@ -305,3 +369,31 @@ def test_ddpm_step_float32_is_as_accurate_as_float32_allows():
         assert err < 5e-5, f"t = {t}: float32 step off by {err:.2e}"
         if t == 0:
             torch.testing.assert_close(out32, x0_32, rtol=1e-6, atol=1e-6)
+
+
+def test_ddpm_sample_is_silent_unless_progress_is_asked_for(capsys):
+    # STYLE: long loops show a tqdm bar that callers can switch off; nothing else prints.
+    dl.ddpm_sample(_toy_model, S, (2, 2), generator=_gen(30))
+    assert capsys.readouterr() == ("", "")
+    dl.ddpm_sample(_toy_model, S, (2, 2), generator=_gen(30), progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "DDPM" in err and f"{S.T}/{S.T}" in err
+
+
+def test_ddpm_loss_replayed_draw_by_draw_in_float64():
+    # ddpm_loss = mean over batch and coordinates of (eps_theta(x_t, t) - eps)^2 with t drawn first
+    # (uniform in [0, T-1]) and then eps, both from the generator, eps in x0's dtype. Replayed by
+    # hand with a model whose output depends on t: float32 noise for float64 data, t drawn from
+    # another stream, or t and eps swapped in order all change the value.
+    g = _gen(50)
+    x0 = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    model = lambda x, t, cond=None: 0.5 * x + 0.01 * t[:, None].to(x.dtype)  # noqa: E731
+    g = _gen(51)
+    t = torch.randint(0, S.T, (64,), generator=g)
+    eps = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    ab = S.alpha_bars[t][:, None]
+    xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    expected = ((0.5 * xt + 0.01 * t[:, None] - eps) ** 2).mean()
+    loss = dl.ddpm_loss(model, S, x0, generator=_gen(51))
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, expected)

@@ -155,15 +155,45 @@ def test_q_posterior_variance_is_beta_tilde_and_mean_is_consistent_with_sampling
     assert abs(np.corrcoef(r.numpy(), xt.numpy())[0, 1]) < 5 / math.sqrt(n)
 
 
-def test_posterior_coefficients_agree_with_q_posterior():
+def _ab_by_hand(betas, t):
+    # alpha_bar_t = prod_{s <= t} (1 - beta_s) as a Python product, independent of Schedule's cumprod;
+    # alpha_bar_{-1} = 1.
+    return math.prod(1.0 - b for b in betas[: t + 1])
+
+
+@pytest.mark.parametrize("t", [0, 1, 17, 29])
+def test_posterior_coefficients_are_eq_7_written_out(t):
+    # Ho et al. 2020, Eq. 7: mu_tilde = sqrt(ab_{t-1}) beta_t / (1 - ab_t) x0
+    #                                 + sqrt(alpha_t) (1 - ab_{t-1}) / (1 - ab_t) x_t,
+    # beta_tilde_t = (1 - ab_{t-1}) / (1 - ab_t) beta_t; at t = 0 (ab_{-1} = 1): (1, 0, 0).
+    # Catches an index shift (ab_t for ab_{t-1}), a missing square root, a swapped c0/ct.
     s = dl.linear_schedule(T=30, beta_start=0.01, beta_end=0.3)
-    x0, xt = torch.randn(2, 4, generator=_gen(4)).double().unbind(0)
-    x0, xt = x0[None], xt[None]
-    for t in (1, 17, 29):
-        c0, ct, var = dl.posterior_coefficients(s, t, x0)
-        mean, var2 = dl.q_posterior(s, x0, xt, t)
-        torch.testing.assert_close(c0 * x0 + ct * xt, mean)
-        torch.testing.assert_close(torch.as_tensor(var), torch.as_tensor(var2))
+    betas = [0.01 + (0.3 - 0.01) * k / 29 for k in range(30)]
+    ab, ab_prev, beta = _ab_by_hand(betas, t), _ab_by_hand(betas, t - 1), betas[t]
+    like = torch.zeros(1, 4, dtype=torch.float64)
+    c0, ct, var = dl.posterior_coefficients(s, t, like)
+    assert float(c0) == pytest.approx(math.sqrt(ab_prev) * beta / (1 - ab), rel=1e-12)
+    assert float(ct) == pytest.approx(math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab), rel=1e-12, abs=1e-15)
+    assert float(var) == pytest.approx((1 - ab_prev) / (1 - ab) * beta, rel=1e-12, abs=1e-15)
+    if t == 0:  # no noise before the first step: x_{-1} is x0 itself
+        assert float(c0) == pytest.approx(1.0, rel=1e-12) and (float(ct), float(var)) == (0.0, 0.0)
+
+
+def test_posterior_coefficients_per_row_shape_and_dtype():
+    # Tensor t gathers one coefficient per row, shaped (B, 1, ...) to broadcast against `like`,
+    # in like's dtype; the values are Eq. 7 written out as above.
+    s = dl.linear_schedule(T=30, beta_start=0.01, beta_end=0.3)
+    betas = [0.01 + (0.3 - 0.01) * k / 29 for k in range(30)]
+    t = torch.tensor([3, 0, 29])
+    like = torch.zeros(3, 2, 5)
+    c0, ct, var = dl.posterior_coefficients(s, t, like)
+    for c in (c0, ct, var):
+        assert c.shape == (3, 1, 1) and c.dtype == torch.float32
+    for i, ti in enumerate(t.tolist()):
+        ab, ab_prev = _ab_by_hand(betas, ti), _ab_by_hand(betas, ti - 1)
+        assert float(c0[i]) == pytest.approx(math.sqrt(ab_prev) * betas[ti] / (1 - ab), rel=1e-6)
+        assert float(ct[i]) == pytest.approx(math.sqrt(1 - betas[ti]) * (1 - ab_prev) / (1 - ab), rel=1e-6, abs=1e-12)
+        assert float(var[i]) == pytest.approx((1 - ab_prev) / (1 - ab) * betas[ti], rel=1e-6, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------
@@ -176,70 +206,70 @@ NAN = torch.tensor([[0.0, float("nan"), 0.0], [0.0, 0.0, 0.0]])
 
 @pytest.mark.parametrize("t", [-1, 10, 100, torch.tensor([0, 10]), torch.tensor([-1, 3])])
 def test_q_sample_t_out_of_range(t):
-    with pytest.raises(ValueError, match="t"):
+    with pytest.raises(ValueError, match=r"^t\b"):
         dl.q_sample(S, X, t, X)
 
 
 @pytest.mark.parametrize("t", [1.5, torch.tensor([1.0, 2.0]), "3", None])
 def test_q_sample_t_wrong_type(t):
-    with pytest.raises(TypeError, match="t"):
+    with pytest.raises(TypeError, match=r"^t\b"):
         dl.q_sample(S, X, t, X)
 
 
 def test_q_sample_t_wrong_batch_size():
-    with pytest.raises(ValueError, match="t"):
+    with pytest.raises(ValueError, match=r"^t\b"):
         dl.q_sample(S, X, torch.tensor([1, 2, 3]), X)
-    with pytest.raises(ValueError, match="t"):
+    with pytest.raises(ValueError, match=r"^t\b"):
         dl.q_sample(S, X, torch.tensor([[1, 2]]), X)
 
 
 def test_q_sample_other_bad_input():
-    with pytest.raises(ValueError, match="noise"):
+    with pytest.raises(ValueError, match=r"^noise\b"):
         dl.q_sample(S, X, 1, torch.zeros(2, 4))
-    with pytest.raises(ValueError, match="x0"):
+    with pytest.raises(ValueError, match=r"^x0\b"):
         dl.q_sample(S, NAN, 1, X)
-    with pytest.raises(ValueError, match="noise"):
+    with pytest.raises(ValueError, match=r"^noise\b"):
         dl.q_sample(S, X, 1, NAN)
-    with pytest.raises(TypeError, match="x0"):
+    with pytest.raises(TypeError, match=r"^x0\b"):
         dl.q_sample(S, [[0.0]], 1, X)
-    with pytest.raises(TypeError, match="schedule"):
+    with pytest.raises(TypeError, match=r"^schedule\b"):
         dl.q_sample("linear", X, 1, X)
 
 
 @pytest.mark.parametrize("t", [0, -1, 10, torch.tensor([0, 3])])
 def test_q_posterior_t_out_of_range_including_zero(t):
-    with pytest.raises(ValueError, match="t"):
+    with pytest.raises(ValueError, match=r"^t\b"):
         dl.q_posterior(S, X, X, t)
 
 
 def test_q_posterior_other_bad_input():
-    with pytest.raises(ValueError, match="xt"):
+    with pytest.raises(ValueError, match=r"^xt\b"):
         dl.q_posterior(S, X, torch.zeros(3, 2), 1)
-    with pytest.raises(ValueError, match="xt"):
+    with pytest.raises(ValueError, match=r"^xt\b"):
         dl.q_posterior(S, X, NAN, 1)
-    with pytest.raises(ValueError, match="x0"):
+    with pytest.raises(ValueError, match=r"^x0\b"):
         dl.q_posterior(S, NAN, X, 1)
-    with pytest.raises(TypeError, match="schedule"):
+    with pytest.raises(TypeError, match=r"^schedule\b"):
         dl.q_posterior(None, X, X, 1)
-    with pytest.raises(TypeError, match="t"):
+    with pytest.raises(TypeError, match=r"^t\b"):
         dl.q_posterior(S, X, X, 2.0)
 
 
 def test_predict_x0_bad_input():
-    with pytest.raises(ValueError, match="eps"):
+    with pytest.raises(ValueError, match=r"^eps\b"):
         dl.predict_x0(S, X, torch.zeros(2, 2), 1)
-    with pytest.raises(ValueError, match="xt"):
+    with pytest.raises(ValueError, match=r"^xt\b"):
         dl.predict_x0(S, NAN, X, 1)
-    with pytest.raises(ValueError, match="t"):
+    with pytest.raises(ValueError, match=r"^t\b"):
         dl.predict_x0(S, X, X, 10)
-    with pytest.raises(TypeError, match="schedule"):
+    with pytest.raises(TypeError, match=r"^schedule\b"):
         dl.predict_x0(0, X, X, 1)
 
 
 def test_posterior_coefficients_bad_input():
-    with pytest.raises(ValueError, match="t"):
+    with pytest.raises(ValueError, match=r"^t\b"):
         dl.posterior_coefficients(S, 10, X)
-    with pytest.raises(TypeError, match="schedule"):
+    with pytest.raises(TypeError, match=r"^schedule\b"):
         dl.posterior_coefficients("linear", 1, X)
 
 

@@ -153,6 +153,23 @@ def test_dsm_loss_of_the_gaussian_oracle_matches_theory():
     assert abs(ratio - expected) < 0.08 * expected
 
 
+def test_dsm_loss_absolute_value_zero_score_and_oracle():
+    # The docstring's convention: loss = mean_batch 1/2 sigma^2 ||s + z / sigma||^2, summed over
+    # the D dimensions. The zero score leaves 1/2 ||z||^2, so E[loss] = D / 2 whatever the data
+    # and sigma; the exact score of N(0, I) data noised to N(0, (1 + sigma^2) I) leaves
+    # (z - sigma x) / (1 + sigma^2), so E[loss] = D / 2 * mean_i 1 / (1 + sigma_i^2).
+    # Dropping the 1/2 doubles both; a mean over dimensions divides them by D = 3.
+    # Per sample ||.||^2 / 2 has variance <= D / 2 = 1.5: with n = 8192 the SE is < 0.014; 5 SE => 0.07.
+    D, n = 3, 8192
+    sigmas = [0.2, 1.0, 3.0]
+    x = torch.randn(n, D, generator=_gen(30), dtype=torch.float64)
+    zero = lambda y, sigma: torch.zeros_like(y)  # noqa: E731
+    oracle = lambda y, sigma: -y / (1 + sigma[:, None] ** 2)  # noqa: E731
+    assert abs(dl.dsm_loss(zero, x, sigmas, generator=_gen(31)).item() - D / 2) < 0.07
+    expected = D / 2 * sum(1 / (1 + s ** 2) for s in sigmas) / 3
+    assert abs(dl.dsm_loss(oracle, x, sigmas, generator=_gen(32)).item() - expected) < 0.07
+
+
 def test_dsm_loss_weighting_is_sigma_squared():
     # With lambda(sigma) = sigma^2, a score that is off by a constant vector d at noise level
     # sigma costs (proportionally) sigma^2 |d|^2 on top of the minimum: check the ratio between levels.
@@ -180,6 +197,21 @@ def test_score_mlp_shapes_and_sigma_scaling():
     out = net(x, torch.full((5,), 0.3))
     assert out.shape == (5, 3) and bool(torch.isfinite(out).all())
     torch.testing.assert_close(net(x, 0.3), out)  # a scalar sigma broadcasts
+    # s(x, sigma) = f(x, log sigma) / sigma. Zero the last layer of the sigma embedding: then f no
+    # longer depends on sigma, and sigma * s(x, sigma) must be the same for every sigma. Without
+    # the 1/sigma output scaling the products would differ by the factor sigma (here up to 1e4).
+    with torch.no_grad():
+        net.emb[-1].weight.zero_()
+        net.emb[-1].bias.zero_()
+        sig = torch.tensor([0.01, 0.3, 1.0, 4.0, 100.0])
+        f = [s_ * net(x, s_) for s_ in sig]
+    for fi in f[1:]:
+        torch.testing.assert_close(fi, f[0], rtol=1e-5, atol=1e-6)
+    assert float(f[0].abs().max()) > 1e-2   # f is not trivially zero
+    # per-row sigma: row i is scaled by its own 1 / sigma_i
+    with torch.no_grad():
+        rows = net(x, sig)
+    torch.testing.assert_close(rows * sig[:, None], f[0], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
@@ -221,91 +253,149 @@ NAN = torch.tensor([[float("nan"), 0.0]] * 4)
 def test_langevin_bad_input():
     f = lambda y: -y  # noqa: E731
     for h in (0.0, -0.1, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="step_size"):
+        with pytest.raises(ValueError, match=r"^step_size\b"):
             dl.langevin_sample(f, X, h, 5)
-    with pytest.raises(TypeError, match="step_size"):
+    with pytest.raises(TypeError, match=r"^step_size\b"):
         dl.langevin_sample(f, X, "0.1", 5)
-    with pytest.raises(ValueError, match="n_steps"):
+    with pytest.raises(ValueError, match=r"^n_steps\b"):
         dl.langevin_sample(f, X, 0.1, -1)
-    with pytest.raises(TypeError, match="n_steps"):
+    with pytest.raises(TypeError, match=r"^n_steps\b"):
         dl.langevin_sample(f, X, 0.1, 2.5)
-    with pytest.raises(TypeError, match="score_fn"):
+    with pytest.raises(TypeError, match=r"^score_fn\b"):
         dl.langevin_sample(None, X, 0.1, 5)
-    with pytest.raises(ValueError, match="x"):
+    with pytest.raises(ValueError, match=r"^x\b"):
         dl.langevin_sample(f, NAN, 0.1, 5)
-    with pytest.raises(ValueError, match="score"):
+    with pytest.raises(ValueError, match=r"^score\b"):
         dl.langevin_sample(lambda y: y[:, :1], X, 0.1, 5)
-    with pytest.raises(ValueError, match="score"):
+    with pytest.raises(ValueError, match=r"^score\b"):
         dl.langevin_sample(lambda y: y * float("nan"), X, 0.1, 5)
-    with pytest.raises(TypeError, match="generator"):
+    with pytest.raises(TypeError, match=r"^generator\b"):
         dl.langevin_sample(f, X, 0.1, 5, generator=0)
 
 
 def test_annealed_langevin_bad_input():
     sm = lambda y, s: -y  # noqa: E731
-    with pytest.raises(ValueError, match="sigmas"):
+    with pytest.raises(ValueError, match=r"^sigmas\b"):
         dl.annealed_langevin_sample(sm, [1.0, 0.0], X, 0.1, 5)
-    with pytest.raises(ValueError, match="sigmas"):
+    with pytest.raises(ValueError, match=r"^sigmas\b"):
         dl.annealed_langevin_sample(sm, [], X, 0.1, 5)
-    with pytest.raises(ValueError, match="sigmas"):
+    with pytest.raises(ValueError, match=r"^sigmas\b"):
         dl.annealed_langevin_sample(sm, [1.0, float("nan")], X, 0.1, 5)
-    with pytest.raises(ValueError, match="step_size"):
+    with pytest.raises(ValueError, match=r"^step_size\b"):
         dl.annealed_langevin_sample(sm, [1.0], X, 0.0, 5)
-    with pytest.raises(ValueError, match="n_steps_each"):
+    with pytest.raises(ValueError, match=r"^n_steps_each\b"):
         dl.annealed_langevin_sample(sm, [1.0], X, 0.1, 0)
-    with pytest.raises(TypeError, match="score_model"):
+    with pytest.raises(TypeError, match=r"^score_model\b"):
         dl.annealed_langevin_sample("model", [1.0], X, 0.1, 5)
-    with pytest.raises(ValueError, match="x"):
+    with pytest.raises(ValueError, match=r"^x\b"):
         dl.annealed_langevin_sample(sm, [1.0], NAN, 0.1, 5)
 
 
 def test_geometric_sigmas_bad_input():
-    with pytest.raises(ValueError, match="sigma_max"):
+    with pytest.raises(ValueError, match=r"^sigma_max\b"):
         dl.geometric_sigmas(0.0, 0.01, 5)
-    with pytest.raises(ValueError, match="sigma_min"):
+    with pytest.raises(ValueError, match=r"^sigma_min\b"):
         dl.geometric_sigmas(1.0, -0.01, 5)
-    with pytest.raises(ValueError, match="sigma_min"):
+    with pytest.raises(ValueError, match=r"^sigma_min\b"):
         dl.geometric_sigmas(1.0, 2.0, 5)
-    with pytest.raises(ValueError, match="n"):
+    with pytest.raises(ValueError, match=r"^n\b"):
         dl.geometric_sigmas(1.0, 0.1, 0)
 
 
 def test_dsm_loss_bad_input():
     sm = lambda y, s: -y  # noqa: E731
-    with pytest.raises(ValueError, match="x"):
+    with pytest.raises(ValueError, match=r"^x\b"):
         dl.dsm_loss(sm, NAN, [1.0])
-    with pytest.raises(ValueError, match="sigmas"):
+    with pytest.raises(ValueError, match=r"^sigmas\b"):
         dl.dsm_loss(sm, X, [-1.0])
-    with pytest.raises(ValueError, match="score_model"):
+    with pytest.raises(ValueError, match=r"^score_model\b"):
         dl.dsm_loss(lambda y, s: y[:, :1], X, [1.0])
-    with pytest.raises(TypeError, match="score_model"):
+    with pytest.raises(TypeError, match=r"^score_model\b"):
         dl.dsm_loss(None, X, [1.0])
-    with pytest.raises(TypeError, match="generator"):
+    with pytest.raises(TypeError, match=r"^generator\b"):
         dl.dsm_loss(sm, X, [1.0], generator=3)
 
 
 def test_eps_to_score_and_ddpm_sigmas_bad_input():
     s = dl.linear_schedule(T=10, beta_start=0.01, beta_end=0.2)
-    with pytest.raises(ValueError, match="t"):
+    with pytest.raises(ValueError, match=r"^t\b"):
         dl.eps_to_score(X, s, 10)
-    with pytest.raises(ValueError, match="n"):
+    with pytest.raises(ValueError, match=r"^n\b"):
         dl.ddpm_sigmas(s, 11)
-    with pytest.raises(TypeError, match="schedule"):
+    with pytest.raises(TypeError, match=r"^schedule\b"):
         dl.eps_to_score(X, "linear", 1)
 
 
 def test_score_helpers_reject_a_non_schedule():
-    with pytest.raises(TypeError, match="schedule"):
+    with pytest.raises(TypeError, match=r"^schedule\b"):
         dl.ddpm_sigmas("linear", 3)
-    with pytest.raises(TypeError, match="schedule"):
+    with pytest.raises(TypeError, match=r"^schedule\b"):
         dl.ddpm_score_model(lambda x, t, cond=None: x, "linear")
 
 
 def test_dsm_loss_rejects_a_non_generator():
-    with pytest.raises(TypeError, match="generator"):
+    with pytest.raises(TypeError, match=r"^generator\b"):
         dl.dsm_loss(lambda y, s: -y, X, [1.0], generator=3)
 
 
 def test_langevin_rejects_a_non_callable_callback():
-    with pytest.raises(TypeError, match="callback"):
+    with pytest.raises(TypeError, match=r"^callback\b"):
         dl.langevin_sample(lambda y: -y, X, 0.1, 2, callback=5)
+
+
+def test_annealed_langevin_is_silent_unless_progress_is_asked_for(capsys):
+    score = lambda x, sigma: -x / (1 + sigma[:, None] ** 2)  # noqa: E731
+    x0 = torch.zeros(4, 2)
+    dl.annealed_langevin_sample(score, [1.0, 0.5, 0.1], x0, 0.01, 2, generator=_gen(40))
+    assert capsys.readouterr() == ("", "")
+    dl.annealed_langevin_sample(score, [1.0, 0.5, 0.1], x0, 0.01, 2, generator=_gen(40), progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "annealed Langevin" in err and "3/3" in err
+
+
+def test_dsm_loss_replayed_draw_by_draw_in_float64():
+    # dsm_loss draws the sigma index first (uniform over `sigmas`), then z in x's dtype, both from
+    # the generator; replayed by hand with a score that depends on sigma.
+    g = _gen(50)
+    x = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    sigmas = [0.1, 0.7, 2.0]
+    score = lambda y, sigma: -0.3 * y / sigma[:, None]  # noqa: E731
+    g = _gen(51)
+    idx = torch.randint(0, 3, (64,), generator=g)
+    z = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    sig = torch.tensor(sigmas, dtype=torch.float32)[idx].double()[:, None]
+    expected = 0.5 * ((sig * score(x + sig * z, sig[:, 0]) + z) ** 2).sum(1).mean()
+    loss = dl.dsm_loss(score, x, sigmas, generator=_gen(51))
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, expected)
+
+
+def test_score_mlp_config_and_bad_dim():
+    net = dl.ScoreMLP(dim=3, hidden=16, depth=2, emb_dim=8)
+    assert net.config == {"dim": 3, "hidden": 16, "depth": 2, "emb_dim": 8}
+    assert dl.ScoreMLP(dim=1, hidden=8, depth=1, emb_dim=4)(torch.zeros(2, 1), 1.0).shape == (2, 1)
+    with pytest.raises(ValueError, match=r"^dim must be an integer in \[1, inf\], got 0$"):
+        dl.ScoreMLP(dim=0)
+
+
+def test_ddpm_score_model_passes_cond_and_ddpm_sigmas_limits():
+    s = dl.linear_schedule(T=20, beta_start=0.01, beta_end=0.3)
+    seen = []
+
+    def model(x, t, cond=None):
+        seen.append(cond)
+        return torch.ones_like(x)
+    cond = torch.tensor([0, 1])
+    out = dl.ddpm_score_model(model, s, cond=cond)(torch.zeros(2, 2), torch.tensor([0.5, 0.25]))
+    assert seen[0] is cond
+    torch.testing.assert_close(out, -torch.tensor([[2.0, 2.0], [4.0, 4.0]]))
+    one = dl.ddpm_sigmas(s, 1)   # n = 1 is allowed: the noisiest level only
+    torch.testing.assert_close(one.double(), (1 - s.alpha_bars[-1:]).sqrt(), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match=r"^n must be an integer in \[1, 20\], got 0$"):
+        dl.ddpm_sigmas(s, 0)
+    with pytest.raises(TypeError, match=r"^model must be callable as model\(x, t, cond=None\), got int$"):
+        dl.ddpm_score_model(3, s)
+    with pytest.raises(ValueError, match=r"^eps must be finite"):
+        dl.eps_to_score(torch.tensor([[float("nan")]]), s, 1)
+    with pytest.raises(TypeError, match=r"^score_model must be callable as score_model\(x, sigma\), got int$"):
+        dl.dsm_loss(3, torch.zeros(2, 2), [1.0])
