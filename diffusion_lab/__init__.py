@@ -25,4 +25,9 @@ from .checkpoints import load_checkpoint, load_pretrained, save_checkpoint
 from .notation import (alpha_bar_to_sigma, alpha_bar_to_su, cfg_scale_to_w, cfg_w_to_scale, langevin_delta_to_eta,
                        langevin_eta_to_delta, sigma_to_alpha_bar, su_to_alpha_bar)
 
+from .paths import GaussianPath, LinearPath, SchedulePath, VEPath, VPPath, linear_path, schedule_path, ve_path, vp_path
+from .predictions import PREDICTIONS, convert_prediction
+from .discrete import discrete_model
+from .ode import ode_sample
+
 __version__ = "0.1.0"
