@@ -16,7 +16,8 @@ from .guidance import cfg, cfg_eps, classifier_grad, classifier_guidance
 from .nets import NoisyClassifier, TimeMLP, UNet, make_denoiser, timestep_embedding
 from .vae import VAE, vae_loss
 from . import data
-from .data import labelled_mixture, load_digits, load_mnist, make_toy, read_idx, swiss_roll, two_moons
+from .data import (checkerboard, labelled_mixture, load_digits, load_mnist, make_toy, read_idx, swiss_roll, thin_ring,
+                   two_moons)
 from .metrics import DigitsClassifier, classifier_accuracy, mmd, sliced_wasserstein, train_digits_classifier
 from .elbo import ddpm_elbo
 from .train import (EMA, TrainConfig, TrainingDivergedError, train_classifier, train_ddpm, train_score_model,
