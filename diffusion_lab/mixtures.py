@@ -162,6 +162,43 @@ class GaussianMixture:
             return self.score(x, var=sigma.cpu() ** 2)
         return score_model
 
+    # ---- oracle on a continuous-time path x_t = alpha(t) x0 + sigma(t) eps ---------------
+    def posterior_means(self, x: torch.Tensor, alpha, sigma, cond=None):
+        """(E[x0 | x_t], E[eps | x_t]) in float64 at x_t = alpha x0 + sigma eps, exact; alpha, sigma numbers or (B,).
+
+        With C_k = alpha^2 Sigma_k + sigma^2 I and r_k the responsibilities, E[x0 | x_t] =
+        sum_k r_k (mu_k + alpha Sigma_k C_k^-1 (x - alpha mu_k)) and E[eps | x_t] = sigma sum_k r_k C_k^-1 (x - alpha mu_k):
+        regular at alpha = 0 (x0_hat = the mean) and at sigma = 0."""
+        self._check_x(x)
+        alpha = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
+        logp, sol = self._component_terms(x, alpha.reshape(-1), sigma.reshape(-1) ** 2)
+        resp = torch.softmax(self._restrict(logp, cond), dim=1)                               # (B, K)
+        pulled = (resp[..., None] * (self.covs[None] @ sol[..., None]).squeeze(-1)).sum(1)      # (B, D)
+        x0 = resp @ self.means + alpha * pulled
+        eps = sigma * (resp[..., None] * sol).sum(1)
+        return x0, eps
+
+    def path_model(self, path, prediction: str = "eps"):
+        """The exact continuous-time model on `path`: model(x, t, cond=None) returns the `prediction`
+        ("eps", "x0", "v", "score" or "velocity") of this mixture at float times t of shape (B,)."""
+        from .paths import check_time
+        from .predictions import check_prediction, from_pair
+        check_prediction(prediction)
+
+        def model(x, t, cond=None):
+            t64 = check_time(t).reshape(-1).expand(x.shape[0])
+            c = [path.alpha(t64)[:, None], path.sigma(t64)[:, None], path.d_alpha(t64)[:, None], path.d_sigma(t64)[:, None]]
+            x0, eps = self.posterior_means(x, c[0], c[1], cond)
+            return from_pair(x0, eps, prediction, *c).to(device=x.device, dtype=x.dtype)
+        return model
+
+    def path_log_prob(self, x: torch.Tensor, t, path, cond=None) -> torch.Tensor:
+        """log p_t(x), the exact density of x_t = alpha(t) x0 + sigma(t) eps on `path` (t a number or (B,))."""
+        from .paths import check_time
+        t64 = check_time(t)
+        return self.log_prob(x, scale=path.alpha(t64), var=path.sigma(t64) ** 2, cond=cond)
+
 
 def _back(value64: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A float64 CPU result in x's dtype (cast on the CPU) on x's device."""

@@ -1,0 +1,86 @@
+"""The probability-flow ODE dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat (Song et al. 2021, Eq. 13, written
+on the path x_t = alpha x0 + sigma eps), solved from t = t_max to t = 0 with Euler, Heun, classical RK4 or
+DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2). One right-hand side serves every path and prediction."""
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_int
+from ._sampling import check_path, start
+from .dpm_solver import dpmpp_2m_update
+from .predictions import to_pair
+
+METHODS = ("euler", "heun", "rk4", "dpm++2m")
+
+
+def time_grid(path, steps: int) -> list[float]:
+    """steps + 1 descending times ending at 0: uniform in t from t_max to t_min, then 0 if t_min > 0.
+    The last step, into t = 0 where a path may be singular, is the denoising step x <- x0_hat."""
+    if path.t_min > 0:
+        ts = torch.linspace(path.t_max, path.t_min, steps, dtype=torch.float64).tolist() + [0.0]
+    else:
+        ts = torch.linspace(path.t_max, 0.0, steps + 1, dtype=torch.float64).tolist()
+    return ts
+
+
+def coefficients(path, ts) -> list[tuple]:
+    """(alpha, sigma, alpha', sigma') per time as Python floats, computed in float64."""
+    t = torch.tensor(ts, dtype=torch.float64).clamp(min=path.t_min if path.t_min > 0 else 1e-12)
+    c = torch.stack([path.alpha(t), path.sigma(t), path.d_alpha(t), path.d_sigma(t)], 1)
+    return [tuple(row) for row in c.tolist()]
+
+
+def check_start(path, prediction):
+    a = float(path.alpha(path.t_max))
+    if a == 0 and prediction in ("eps", "score"):
+        raise ValueError(f"prediction {prediction!r} cannot give x0 where alpha(t) = 0 (t_max = {path.t_max}); "
+                         "use a path with t_max < 1, e.g. linear_path(t_max=0.999), or an x0/v/velocity model")
+
+
+@torch.no_grad()
+def ode_sample(model, path, shape, steps: int = 50, method: str = "heun", prediction: str = "eps", cond=None,
+               generator: torch.Generator | None = None, x_T: torch.Tensor | None = None, callback=None, *,
+               device=None) -> torch.Tensor:
+    """Sample by solving the probability-flow ODE from t = path.t_max (x_T ~ sigma(t_max) N(0, I), or the
+    given x_T) to t = 0 over time_grid(path, steps). model(x, t, cond) returns a `prediction` (float t, (B,)).
+    Network calls: euler and dpm++2m `steps`, heun 2 steps - 1, rk4 4 steps - 3 (the last step only denoises).
+    callback gets {"i", "t", "t_next", "x", "x0_hat"} after every step."""
+    check_path(path)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    steps = check_int("steps", steps, low=1)
+    check_start(path, prediction)
+    x, call = start(model, shape, prediction, cond, generator, x_T, callback, device, float(path.sigma(path.t_max)))
+    ts = time_grid(path, steps)
+    C = coefficients(path, ts)
+    mids = coefficients(path, [(a + b) / 2 for a, b in zip(ts[:-1], ts[1:])]) if method == "rk4" else None
+
+    def velocity(x, t, c, i):
+        x0, eps = to_pair(call(x, t, i), x, prediction, *c)
+        return c[2] * x0 + c[3] * eps, x0
+
+    x0_prev = h_prev = None
+    for i in range(steps):
+        t, tn, c, cn = ts[i], ts[i + 1], C[i], C[i + 1]
+        h = tn - t
+        u, x0 = velocity(x, t, c, i)
+        if tn == 0:                                  # denoise: the limit of a first-order step to sigma = 0
+            x_new = x0
+        elif method == "euler":
+            x_new = x + h * u
+        elif method == "heun":                       # explicit trapezoid (Karras et al. 2022, Algorithm 1)
+            u2, _ = velocity(x + h * u, tn, cn, i)
+            x_new = x + h / 2 * (u + u2)
+        elif method == "rk4":                        # classical Runge-Kutta
+            k2, _ = velocity(x + h / 2 * u, (t + tn) / 2, mids[i], i)
+            k3, _ = velocity(x + h / 2 * k2, (t + tn) / 2, mids[i], i)
+            k4, _ = velocity(x + h * k3, tn, cn, i)
+            x_new = x + h / 6 * (u + 2 * k2 + 2 * k3 + k4)
+        else:                                        # DPM-Solver++(2M) in lambda = log(alpha / sigma)
+            x_new, h_prev = dpmpp_2m_update(x, x0, x0_prev, c, cn, h_prev)
+            x0_prev = x0
+        if callback is not None:
+            callback({"i": i, "t": t, "t_next": tn, "x": x_new, "x0_hat": x0})
+        x = x_new
+    call.finish()
+    return x

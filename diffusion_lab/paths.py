@@ -1,0 +1,208 @@
+"""Gaussian probability paths x_t = alpha(t) x_0 + sigma(t) eps, t in [0, 1] (t = 0 data, t = 1 noise),
+and the forward SDE dx = f(t) x dt + g(t) dw that has the same marginals (Song et al. 2021, Eqs. 5 and 11;
+Kingma et al. 2021, Appendix A). A path is four functions of t: alpha, sigma and their time derivatives.
+
+Every method takes t as a float or a tensor and returns a float64 tensor on the CPU: coefficients are
+computed in float64 and cast by the caller (float64 never goes to an accelerator).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import check_number, check_tensor
+from .schedules import Schedule
+
+
+def check_time(t, name: str = "t") -> torch.Tensor:
+    """t (a number or a floating tensor) as float64 on the CPU, required to lie in [0, 1]."""
+    if isinstance(t, torch.Tensor):
+        check_tensor(name, t)
+        t64 = t.detach().to("cpu", torch.float64)
+    else:
+        t64 = torch.tensor(check_number(name, t), dtype=torch.float64)
+    if t64.numel() and (bool((t64 < 0).any()) or bool((t64 > 1).any())):
+        raise ValueError(f"{name} must be in [0, 1] (0 = data, 1 = noise), got values from "
+                         f"{float(t64.min()):.4g} to {float(t64.max()):.4g}")
+    return t64
+
+
+class GaussianPath:
+    """Base class: subclasses give alpha, sigma, d_alpha, d_sigma; the SDE and log-SNR follow from them.
+
+    t_min, t_max: where samplers and likelihoods start and stop (a path may be singular at its ends)."""
+
+    t_min: float = 0.0
+    t_max: float = 1.0
+
+    def f(self, t) -> torch.Tensor:
+        """Drift coefficient f(t) = alpha'(t) / alpha(t) of dx = f x dt + g dw."""
+        return self.d_alpha(t) / self.alpha(t)
+
+    def g2(self, t) -> torch.Tensor:
+        """g(t)^2 = d sigma^2 / dt - 2 f sigma^2, so that Var[x_t | x_0] = sigma(t)^2 (Kingma et al. 2021, Eq. 30)."""
+        s = self.sigma(t)
+        return 2 * s * self.d_sigma(t) - 2 * self.f(t) * s ** 2
+
+    def log_snr(self, t) -> torch.Tensor:
+        """lambda(t) = log(alpha^2 / sigma^2), decreasing in t."""
+        return 2 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
+
+    def t_of_ratio(self, r) -> torch.Tensor:
+        """The t at which sigma(t) / alpha(t) = r (EDM's sigma), by bisection in float64 (r increases with t)."""
+        r = torch.as_tensor(r, dtype=torch.float64).cpu()
+        lo, hi = torch.zeros_like(r), torch.ones_like(r)
+        r_lo, r_hi = self.sigma(self.t_min) / self.alpha(self.t_min), self.sigma(self.t_max) / self.alpha(self.t_max)
+        if bool((r < r_lo * (1 - 1e-6)).any()) or bool((r > r_hi * (1 + 1e-6)).any()):   # float32 sigmas pass
+            raise ValueError(f"r must be in this path's range [{float(r_lo):.4g}, {float(r_hi):.4g}] "
+                             f"(sigma/alpha between t_min and t_max), got {float(r.min()):.4g} to {float(r.max()):.4g}")
+        lo, hi = torch.full_like(r, self.t_min), torch.full_like(r, self.t_max)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            above = self.sigma(mid) / self.alpha(mid) > r
+            hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
+        return (lo + hi) / 2
+
+
+@dataclass(frozen=True)
+class VPPath(GaussianPath):
+    """Variance preserving (Song et al. 2021, Eq. 32): beta(t) = beta_min + t (beta_max - beta_min),
+    alpha = exp(-1/2 int_0^t beta), sigma = sqrt(1 - alpha^2); f = -beta/2, g^2 = beta.
+    sigma'(0) is infinite, so samplers stop at t_min = 1e-3 (Song et al.'s epsilon) and denoise."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_min: float = 1e-3
+
+    def __post_init__(self):
+        check_number("beta_min", self.beta_min, low=0)
+        check_number("beta_max", self.beta_max, low=self.beta_min)
+        if self.beta_max <= 0:
+            raise ValueError(f"beta_max must be positive (else nothing is noised), got {self.beta_max}")
+        check_number("t_min", self.t_min, low=0, high=1, low_open=True, high_open=True)
+
+    def beta(self, t):
+        return self.beta_min + check_time(t) * (self.beta_max - self.beta_min)
+
+    def _int_beta(self, t):
+        t = check_time(t)
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t ** 2
+
+    def alpha(self, t):
+        return torch.exp(-0.5 * self._int_beta(t))
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(-self._int_beta(t)))
+
+    def d_alpha(self, t):
+        return -0.5 * self.beta(t) * self.alpha(t)
+
+    def d_sigma(self, t):
+        return 0.5 * self.beta(t) * self.alpha(t) ** 2 / self.sigma(t)
+
+
+@dataclass(frozen=True)
+class VEPath(GaussianPath):
+    """Variance exploding (Song et al. 2021, Eq. 30): alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^t;
+    f = 0, g^2 = 2 sigma^2 log(sigma_max / sigma_min). Not singular; the prior N(0, sigma_max^2 I) ignores x_0."""
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+
+    def __post_init__(self):
+        check_number("sigma_min", self.sigma_min, low=0, low_open=True)
+        if not self.sigma_min < check_number("sigma_max", self.sigma_max, low=0, low_open=True):
+            raise ValueError(f"sigma_min must be smaller than sigma_max, got sigma_min = {self.sigma_min} "
+                             f"and sigma_max = {self.sigma_max}")
+
+    def alpha(self, t):
+        return torch.ones_like(check_time(t))
+
+    def sigma(self, t):
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** check_time(t)
+
+    def d_alpha(self, t):
+        return torch.zeros_like(check_time(t))
+
+    def d_sigma(self, t):
+        return self.sigma(t) * math.log(self.sigma_max / self.sigma_min)
+
+
+@dataclass(frozen=True)
+class LinearPath(GaussianPath):
+    """Flow matching / rectified flow: alpha = 1 - t, sigma = t (Lipman et al. 2023; Liu et al. 2023).
+    alpha(1) = 0, so an eps- or score-model cannot give x_0 at t = 1: use t_max < 1 for those."""
+
+    t_max: float = 1.0
+
+    def __post_init__(self):
+        check_number("t_max", self.t_max, low=0, high=1, low_open=True)
+
+    def alpha(self, t):
+        return 1 - check_time(t)
+
+    def sigma(self, t):
+        return check_time(t).clone()
+
+    def d_alpha(self, t):
+        return -torch.ones_like(check_time(t))
+
+    def d_sigma(self, t):
+        return torch.ones_like(check_time(t))
+
+
+@dataclass(frozen=True, eq=False)
+class SchedulePath(GaussianPath):
+    """The path of a discrete schedule: integer timestep n sits at t = (n + 1) / T, where
+    alpha(t)^2 = alpha_bar_n; in between, log alpha_bar is linear in t, i.e. a VP SDE with the
+    piecewise-constant beta(t) = -T log(1 - beta_n) on ((n) / T, (n + 1) / T]. t_min = 1 / T (n = 0)."""
+
+    schedule: Schedule
+
+    def __post_init__(self):
+        if not isinstance(self.schedule, Schedule):
+            raise TypeError(f"schedule must be a diffusion_lab Schedule, got {type(self.schedule).__name__}")
+        rates = -torch.log1p(-self.schedule.betas) * self.schedule.T                        # beta(t) per interval
+        object.__setattr__(self, "_rates", rates)
+        object.__setattr__(self, "_cum", torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(rates, 0) / self.schedule.T]))
+
+    @property
+    def t_min(self) -> float:
+        return 1.0 / self.schedule.T
+
+    def beta(self, t):
+        T = self.schedule.T
+        n = (torch.ceil(check_time(t) * T) - 1).clamp(0, T - 1).long()
+        return self._rates[n]
+
+    def _int_beta(self, t):
+        t, T = check_time(t), self.schedule.T
+        n = torch.floor(t * T).clamp(0, T - 1).long()
+        return self._cum[n] + (t - n.double() / T) * self._rates[n]
+
+    alpha = VPPath.alpha
+    sigma = VPPath.sigma
+    d_alpha = VPPath.d_alpha
+    d_sigma = VPPath.d_sigma
+
+    def timestep(self, n) -> torch.Tensor:
+        """The continuous time t = (n + 1) / T of integer timestep n."""
+        return (torch.as_tensor(n, dtype=torch.float64) + 1) / self.schedule.T
+
+
+def vp_path(beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) -> VPPath:
+    return VPPath(beta_min, beta_max, t_min)
+
+
+def ve_path(sigma_min: float = 0.01, sigma_max: float = 50.0) -> VEPath:
+    return VEPath(sigma_min, sigma_max)
+
+
+def linear_path(t_max: float = 1.0) -> LinearPath:
+    return LinearPath(t_max)
+
+
+def schedule_path(schedule: Schedule) -> SchedulePath:
+    return SchedulePath(schedule)
