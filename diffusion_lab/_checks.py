@@ -117,4 +117,32 @@ def randn(shape, generator: torch.Generator | None, *, device, dtype=torch.float
     check_generator(generator)
     gen_device = generator.device if generator is not None else torch.device(device)
     z = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype)
-    return z.to(device)
+    return z.to(device, non_blocking=True)   # host-to-device: no need to wait for the device's queue
+
+
+class FiniteWatch:
+    """Stops a loop whose model returns NaN or inf, naming the step, without a device-to-host sync
+    per step. On the CPU the check is immediate (reading a value is free there). On an accelerator the
+    index of the first bad step stays on the device and `done()` reads it once, after the loop; the
+    loop runs to its end on NaNs first, then raises the same error."""
+
+    def __init__(self, device, message):
+        self.message = message                 # message(where) -> the error text
+        self.on_cpu = torch.device(device).type == "cpu"
+        self.wheres = []
+        self.first_bad = None if self.on_cpu else torch.full((), -1, dtype=torch.long, device=device)
+
+    def check(self, out: torch.Tensor, where) -> None:
+        if self.on_cpu:
+            if not bool(torch.isfinite(out).all()):
+                raise ValueError(self.message(where))
+            return
+        bad = ~torch.isfinite(out).all()
+        self.first_bad = torch.where(bad & (self.first_bad < 0), len(self.wheres), self.first_bad)
+        self.wheres.append(where)
+
+    def done(self) -> None:
+        if not self.on_cpu and self.wheres:
+            i = int(self.first_bad)             # the one sync, after the loop
+            if i >= 0:
+                raise ValueError(self.message(self.wheres[i]))

@@ -6,9 +6,9 @@ from tqdm.auto import tqdm
 
 from ._checks import (check_callback, check_generator, check_int, check_number, check_same_device, check_shape,
                       check_tensor, randn)
-from .ddpm import _check_cond, _check_model, call_model, model_device
+from .ddpm import _call, _check_cond, _check_model, model_device, model_watch
 from .forward import _check_schedule
-from .schedules import Schedule
+from .schedules import Schedule, to_working
 
 
 def ddim_timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
@@ -28,15 +28,23 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
     return [int(t) for t in ts[:steps]]
 
 
-def _alpha_bar(schedule: Schedule, t, like):
-    """alpha_bar_t in float64 with the convention alpha_bar_{-1} = 1 (the clean data)."""
-    t = t if isinstance(t, torch.Tensor) else torch.tensor(t)
+def _alpha_bar(schedule: Schedule, t):
+    """alpha_bar_t in float64 on the CPU for CPU integer t, with the convention alpha_bar_{-1} = 1 (the clean data)."""
     ab = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alpha_bars])
-    return schedule.at(ab, t + 1, like, dtype=torch.float64)
+    return ab[t + 1]
 
 
 def _sigma64(ab, ab_prev, eta):
     return eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
+
+
+def _broadcast_to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) coefficients shaped (B, 1, ...) to broadcast against like (B, ...); 0-dim ones stay 0-dim."""
+    if values.ndim == 0:
+        return values
+    if values.shape[0] != like.shape[0]:
+        raise ValueError(f"t has {values.shape[0]} entries but the batch has {like.shape[0]}")
+    return values.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def ddim_sigma(schedule: Schedule, t, t_prev, eta: float, like: torch.Tensor) -> torch.Tensor:
@@ -45,7 +53,40 @@ def ddim_sigma(schedule: Schedule, t, t_prev, eta: float, like: torch.Tensor) ->
     eta = check_number("eta", eta, low=0)
     check_tensor("like", like)
     t, t_prev = _check_pair(schedule, t, t_prev)
-    return _sigma64(_alpha_bar(schedule, t, like), _alpha_bar(schedule, t_prev, like), eta).to(like.dtype)
+    t, t_prev = torch.broadcast_tensors(t.cpu(), t_prev.cpu())
+    sigma = _sigma64(_alpha_bar(schedule, t), _alpha_bar(schedule, t_prev), eta)
+    return to_working(_broadcast_to(sigma, like), like)
+
+
+def _ddim_coefficients(schedule: Schedule, t: torch.Tensor, t_prev: torch.Tensor, eta: float) -> torch.Tensor:
+    """Eq. 12's coefficients in float64 on the CPU for CPU integer t, t_prev of one shape:
+    stacked (sqrt(1 - ab), sqrt(ab), sqrt(ab_prev), sqrt(1 - ab_prev - sigma^2), sigma)."""
+    ab = _alpha_bar(schedule, t)
+    ab_prev = _alpha_bar(schedule, t_prev)
+    sigma = _sigma64(ab, ab_prev, eta)                     # Eq. 16
+    direction = (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt()
+    return torch.stack([(1 - ab).sqrt(), ab.sqrt(), ab_prev.sqrt(), direction, sigma])
+
+
+def _ddim_update(coef, xt, eps, noise, clip_x0):
+    """Eq. 12 from precomputed coefficients in xt's dtype and device (no checks).
+    Returns (x_prev, x0_hat before clipping)."""
+    sqrt_1m_ab, sqrt_ab, sqrt_ab_prev, direction, sigma = coef
+    # 1. predicted x0 (Eq. 12, first term)
+    x0_hat = (xt - sqrt_1m_ab * eps) / sqrt_ab
+    x0_used = x0_hat
+    if clip_x0 is not None:
+        # clip the prediction, then re-derive eps from it so that both terms of Eq. 12 agree (as
+        # GLIDE does; diffusers' use_clipped_model_output=True). Keeping the raw eps, diffusers'
+        # default, turned classifier-free-guided digits at scale 3 into noise.
+        x0_used = x0_hat.clamp(-clip_x0, clip_x0)
+        eps = (xt - sqrt_ab * x0_used) / sqrt_1m_ab
+    # 2.-3. sqrt(ab_prev) x0_hat + the direction pointing to x_t (Eq. 12, second term)
+    x_prev = sqrt_ab_prev * x0_used + direction * eps
+    # 4. random noise (Eq. 12, third term)
+    if noise is not None:
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0_hat
 
 
 def _check_pair(schedule, t, t_prev):
@@ -80,23 +121,6 @@ def ddim_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t, t_prev
     t, t_prev = _check_pair(schedule, t, t_prev)
     if (t.ndim and t.shape[0] != xt.shape[0]) or (t_prev.ndim and t_prev.shape[0] != xt.shape[0]):
         raise ValueError(f"t and t_prev must be ints or have shape ({xt.shape[0]},)")
-    ab = _alpha_bar(schedule, t, xt)             # float64 coefficients, cast at the end
-    ab_prev = _alpha_bar(schedule, t_prev, xt)
-    dt = xt.dtype
-    # 1. predicted x0 (Eq. 12, first term)
-    x0_hat = (xt - (1 - ab).sqrt().to(dt) * eps) / ab.sqrt().to(dt)
-    if clip_x0 is not None:
-        # clip the prediction, then re-derive eps from it so that both terms of Eq. 12 agree (as
-        # GLIDE does; diffusers' use_clipped_model_output=True). Keeping the raw eps, diffusers'
-        # default, turned classifier-free-guided digits at scale 3 into noise.
-        x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
-        eps = (xt - ab.sqrt().to(dt) * x0_hat) / (1 - ab).sqrt().to(dt)
-    # 2. sigma_t(eta) (Eq. 16)
-    sigma = _sigma64(ab, ab_prev, eta)
-    # 3. direction pointing to x_t (Eq. 12, second term)
-    direction = (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt().to(dt) * eps
-    x_prev = ab_prev.sqrt().to(dt) * x0_hat + direction
-    # 4. random noise (Eq. 12, third term)
     if eta > 0:
         if noise is None:
             raise ValueError("noise is required when eta > 0 (pass a standard normal tensor of xt's shape)")
@@ -104,8 +128,9 @@ def ddim_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t, t_prev
         if noise.shape != xt.shape:
             raise ValueError(f"noise must have xt's shape {tuple(xt.shape)}, got {tuple(noise.shape)}")
         check_same_device(xt=xt, noise=noise)
-        x_prev = x_prev + sigma.to(dt) * noise
-    return x_prev
+    t, t_prev = torch.broadcast_tensors(t.cpu(), t_prev.cpu())   # float64 work on the CPU, then cast and move
+    coef = tuple(_broadcast_to(to_working(c, xt), xt) for c in _ddim_coefficients(schedule, t, t_prev, eta))
+    return _ddim_update(coef, xt, eps, noise if eta > 0 else None, clip_x0)[0]
 
 
 @torch.no_grad()
@@ -127,21 +152,28 @@ def ddim_sample(model, schedule: Schedule, shape, steps: int = 50, eta: float = 
     eta = check_number("eta", eta, low=0)
     check_callback(callback)
     check_generator(generator)
+    if clip_x0 is not None:
+        clip_x0 = check_number("clip_x0", clip_x0, low=0, low_open=True)
     ts = ddim_timesteps(schedule.T, steps, spacing)
     device = model_device(model, device)
     x = randn(shape, generator, device=device) if xT is None else check_tensor("xT", xT).to(device)
     if x.shape != shape:
         raise ValueError(f"xT must have shape {shape}, got {tuple(x.shape)}")
+    # Once per call: the coefficients of every step (float64 on the CPU, cast once, moved once).
+    t_prevs = ts[1:] + [-1]
+    coefs = to_working(_ddim_coefficients(schedule, torch.tensor(ts), torch.tensor(t_prevs), eta), x)  # (5, steps)
+    coefs = [tuple(c.unbind(0)) for c in coefs.unbind(1)]
+    watch = model_watch(device)
     for i, t in enumerate(tqdm(ts, desc="DDIM", disable=not progress)):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-        eps = call_model(model, x, t, cond)
+        tt = torch.full((shape[0],), t, device=device, dtype=torch.long)
+        eps = _call(model, x, tt, cond)
+        watch.check(eps, (i, t))
         noise = randn(shape, generator, device=device, dtype=x.dtype) if eta > 0 else None
-        x_new = ddim_step(schedule, x, eps, t, t_prev, eta=eta, noise=noise, clip_x0=clip_x0)
+        x_new, x0_hat = _ddim_update(coefs[i], x, eps, noise, clip_x0)
         if callback is not None:
-            ab = _alpha_bar(schedule, t, x)
-            x0_hat = (x - (1 - ab).sqrt().to(x.dtype) * eps) / ab.sqrt().to(x.dtype)
-            callback({"i": i, "t": t, "t_prev": t_prev, "x": x_new, "x0_hat": x0_hat})
+            callback({"i": i, "t": t, "t_prev": t_prevs[i], "x": x_new, "x0_hat": x0_hat})
         x = x_new
+    watch.done()
     return x
 
 
@@ -159,14 +191,19 @@ def ddim_invert(model, schedule: Schedule, x0: torch.Tensor, steps: int = 50, co
     check_tensor("x0", x0)
     _check_cond(cond, x0.shape[0])
     ts = ddim_timesteps(schedule.T, steps, spacing)[::-1]    # increasing
+    prevs = [-1] + ts[:-1]
+    # once per call, float64 on the CPU: (sqrt(1 - ab_prev), sqrt(ab_prev), sqrt(ab), sqrt(1 - ab)) per step
+    ab_prev, ab = _alpha_bar(schedule, torch.tensor(prevs)), _alpha_bar(schedule, torch.tensor(ts))
+    coefs = to_working(torch.stack([(1 - ab_prev).sqrt(), ab_prev.sqrt(), ab.sqrt(), (1 - ab).sqrt()]), x0)
+    coefs = [tuple(c.unbind(0)) for c in coefs.unbind(1)]
+    watch = model_watch(x0.device)
     x = x0
-    prev = -1
-    for t in tqdm(ts, desc="DDIM inversion", disable=not progress):
-        eps = call_model(model, x, t, cond)
-        ab_prev = _alpha_bar(schedule, prev, x)
-        ab = _alpha_bar(schedule, t, x)
-        dt = x.dtype
-        x0_hat = (x - (1 - ab_prev).sqrt().to(dt) * eps) / ab_prev.sqrt().to(dt)
-        x = ab.sqrt().to(dt) * x0_hat + (1 - ab).sqrt().to(dt) * eps
-        prev = t
+    for i, t in enumerate(tqdm(ts, desc="DDIM inversion", disable=not progress)):
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        eps = _call(model, x, tt, cond)
+        watch.check(eps, (i, t))
+        sqrt_1m_ab_prev, sqrt_ab_prev, sqrt_ab, sqrt_1m_ab = coefs[i]
+        x0_hat = (x - sqrt_1m_ab_prev * eps) / sqrt_ab_prev
+        x = sqrt_ab * x0_hat + sqrt_1m_ab * eps
+    watch.done()
     return x

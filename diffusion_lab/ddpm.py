@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ._checks import check_callback, check_generator, check_same_device, check_shape, check_tensor, randn
-from .forward import _check_schedule, posterior_coefficients, predict_x0, q_sample
-from .schedules import Schedule
+from ._checks import (FiniteWatch, check_callback, check_generator, check_number, check_same_device, check_same_shape,
+                      check_shape, check_tensor, randn)
+from .forward import _check_schedule, _q_sample
+from .schedules import Schedule, to_working
 
 
 def _check_model(model):
@@ -37,13 +38,25 @@ def model_device(model, device=None) -> torch.device:
 def call_model(model, x: torch.Tensor, t: int, cond=None) -> torch.Tensor:
     """Evaluate the model at one integer time for the whole batch and check its output."""
     tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+    eps = _call(model, x, tt, cond)
+    if not bool(torch.isfinite(eps).all()):
+        raise ValueError(f"model output at t = {t} is not finite (NaN or inf): the model is broken or diverged")
+    return eps
+
+
+def _call(model, x, tt, cond):
+    """model(x, tt, cond) with its output's shape checked (metadata only: no device sync)."""
     eps = model(x, tt, cond)
     if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
         got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
         raise ValueError(f"model output must have the input's shape {tuple(x.shape)}, got {got}")
-    if not bool(torch.isfinite(eps).all()):
-        raise ValueError(f"model output at t = {t} is not finite (NaN or inf): the model is broken or diverged")
     return eps
+
+
+def model_watch(device) -> FiniteWatch:
+    """The samplers' NaN check on the model's output; `where` is (step index, t)."""
+    return FiniteWatch(device, lambda w: f"model output at step {w[0]} (t = {w[1]}) is not finite (NaN or inf): "
+                                         f"the model is broken or diverged")
 
 
 def ddpm_loss(model, schedule: Schedule, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -53,10 +66,17 @@ def ddpm_loss(model, schedule: Schedule, x0: torch.Tensor, cond=None, generator:
     check_tensor("x0", x0)
     _check_cond(cond, x0.shape[0])
     check_generator(generator)
+    return _ddpm_loss(model, schedule, x0, cond, generator)
+
+
+def _ddpm_loss(model, schedule: Schedule, x0, cond, generator, tables=None) -> torch.Tensor:
+    """ddpm_loss without the checks, for training loops (no device-to-host sync). t is drawn on the
+    generator's device; the coefficients are gathered there from float64 tables, then cast and moved."""
     gen_device = generator.device if generator is not None else x0.device
-    t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator, device=gen_device).to(x0.device)
+    t_gen = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator, device=gen_device)
+    t = t_gen.to(x0.device, non_blocking=True)
     noise = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
-    xt = q_sample(schedule, x0, t, noise)
+    xt = _q_sample(schedule, x0, t_gen, noise, tables)
     eps_hat = model(xt, t, cond)
     return torch.mean((eps_hat - noise) ** 2)
 
@@ -69,28 +89,54 @@ def ddpm_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t: int, n
     mean of q(x_{t-1} | x_t, x0_hat); variance "posterior" is beta_tilde_t, "beta" is beta_t.
     At t = 0 the step returns the mean (no noise). clip_x0 clamps x0_hat to [-clip_x0, clip_x0].
     """
-    if variance not in ("posterior", "beta"):
-        raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
+    _check_variance(variance)
     _check_schedule(schedule)
     t = schedule.check_t(t)
     if t.ndim != 0:
         raise ValueError(f"t must be a single integer timestep for ddpm_step, got shape {tuple(t.shape)}")
     t = int(t)
-    x0_hat = predict_x0(schedule, xt, eps, t)
+    check_tensor("xt", xt)
+    check_tensor("eps", eps)
+    check_same_shape(xt=xt, eps=eps)
+    if t > 0:
+        if noise is None:
+            raise ValueError("noise is required for t >= 1 (pass a standard normal tensor of the input's shape)")
+        check_tensor("noise", noise)
+        if noise.shape != xt.shape:
+            raise ValueError(f"noise must have xt's shape {tuple(xt.shape)}, got {tuple(noise.shape)}")
+        check_same_device(xt=xt, noise=noise)
+    coef = _ddpm_coefficients(schedule, variance, xt, torch.tensor([t]))[0]
+    return _ddpm_update(coef, xt, eps, noise if t > 0 else None, clip_x0)
+
+
+def _check_variance(variance):
+    if variance not in ("posterior", "beta"):
+        raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
+
+
+def _ddpm_coefficients(schedule: Schedule, variance: str, like: torch.Tensor, ts: torch.Tensor) -> list:
+    """Per timestep in ts (CPU integers), the step's five coefficients as 0-dim tensors in like's dtype on
+    like's device: computed in float64 on the CPU for the whole schedule, gathered, cast once, moved once."""
+    ab, ab_prev, beta = schedule.alpha_bars, schedule.alpha_bars_prev, schedule.betas
+    var = schedule.posterior_variances if variance == "posterior" else beta
+    table = torch.stack([(1 - ab).sqrt(), ab.sqrt(),            # predict_x0 (Eq. 4 inverted)
+                         beta * ab_prev.sqrt() / (1 - ab),      # c0 and ct of the posterior mean (Eq. 7)
+                         (1 - ab_prev) * (1 - beta).sqrt() / (1 - ab), var])
+    co = to_working(table[:, ts], like)                          # (5, steps)
+    co = torch.cat([co[:4], co[4:].sqrt()])                      # standard deviation, in the working dtype
+    return [tuple(c.unbind(0)) for c in co.unbind(1)]
+
+
+def _ddpm_update(coef, xt, eps, noise, clip_x0):
+    """The ancestral step from precomputed coefficients (no checks). Returns (x_prev, x0_hat)."""
+    sqrt_1m_ab, sqrt_ab, c0, ct, sd = coef
+    x0_hat = (xt - sqrt_1m_ab * eps) / sqrt_ab
     if clip_x0 is not None:
         x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
-    c0, ct, post_var = posterior_coefficients(schedule, t, xt)
-    mean = c0 * x0_hat + ct * xt
-    if t == 0:
+    mean = c0 * x0_hat + ct * xt                                  # posterior mean at x0_hat (Eq. 7)
+    if noise is None:                                             # t = 0: the mean, no noise
         return mean, x0_hat
-    var = post_var if variance == "posterior" else schedule.at(schedule.betas, t, xt)
-    if noise is None:
-        raise ValueError("noise is required for t >= 1 (pass a standard normal tensor of the input's shape)")
-    check_tensor("noise", noise)
-    if noise.shape != xt.shape:
-        raise ValueError(f"noise must have xt's shape {tuple(xt.shape)}, got {tuple(noise.shape)}")
-    check_same_device(xt=xt, noise=noise)
-    return mean + var.sqrt() * noise, x0_hat
+    return mean + sd * noise, x0_hat
 
 
 @torch.no_grad()
@@ -108,14 +154,25 @@ def ddpm_sample(model, schedule: Schedule, shape, cond=None, generator: torch.Ge
     _check_cond(cond, shape[0])
     check_callback(callback)
     check_generator(generator)
+    _check_variance(variance)
+    if clip_x0 is not None:
+        clip_x0 = check_number("clip_x0", clip_x0, low=0, low_open=True)
     device = model_device(model, device)
     x = randn(shape, generator, device=device) if xT is None else check_tensor("xT", xT).to(device)
     if x.shape != shape:
         raise ValueError(f"xT must have shape {shape}, got {tuple(x.shape)}")
-    for i, t in enumerate(tqdm(range(schedule.T - 1, -1, -1), desc="DDPM", disable=not progress)):
-        eps = call_model(model, x, t, cond)
+    # Everything a step needs, once per call: coefficients (float64 on the CPU, cast once, moved once)
+    # and the timestep tensors; the loop is the network plus a few tensor operations.
+    ts = list(range(schedule.T - 1, -1, -1))
+    coefs = _ddpm_coefficients(schedule, variance, x, torch.tensor(ts))
+    watch = model_watch(device)
+    for i, t in enumerate(tqdm(ts, desc="DDPM", disable=not progress)):
+        tt = torch.full((shape[0],), t, device=device, dtype=torch.long)
+        eps = _call(model, x, tt, cond)
+        watch.check(eps, (i, t))
         noise = randn(shape, generator, device=device, dtype=x.dtype) if t > 0 else None
-        x, x0_hat = ddpm_step(schedule, x, eps, t, noise, variance=variance, clip_x0=clip_x0)
+        x, x0_hat = _ddpm_update(coefs[i], x, eps, noise, clip_x0)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0_hat": x0_hat})
+    watch.done()
     return x

@@ -13,10 +13,10 @@ import math
 import torch
 
 from ._checks import check_tensor, randn
-from .ddpm import _check_model, call_model
-from .forward import _check_schedule, posterior_coefficients, predict_x0, q_sample
+from .ddpm import _call, _check_model, model_watch
+from .forward import _check_schedule, _q_sample, posterior_coefficients
 from .gaussians import gaussian_log_prob, kl_normal
-from .schedules import Schedule
+from .schedules import Schedule, to_working
 
 
 @torch.no_grad()
@@ -34,26 +34,37 @@ def ddpm_elbo(model, schedule: Schedule, x0: torch.Tensor, cond=None, generator:
         raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
     B, D = x0.shape
     T = schedule.T
-    per_t = torch.zeros(T, B, dtype=torch.float64)
     # L_T: closed form KL(N(sqrt(ab_T) x0, 1 - ab_T) || N(0, 1)), summed over dimensions
-    ab_T = schedule.alpha_bars[-1].to(x0)
+    ab_T = to_working(schedule.alpha_bars[-1], x0)
     L_T = kl_normal(ab_T.sqrt() * x0, torch.log(1 - ab_T).expand_as(x0), torch.zeros_like(x0), torch.zeros_like(x0)).sum(1)
+    ab = schedule.alpha_bars
+    sqrt_ab, sqrt_1m_ab = ab.sqrt(), (1 - ab).sqrt()          # float64 on the CPU, once
+    watch = model_watch(x0.device)
+    true_means, model_means, post_logvars, model_logvars = [], [], [], []
     for t in range(T):
         noise = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
-        xt = q_sample(schedule, x0, t, noise)
-        eps = call_model(model, xt, t, cond)
-        x0_hat = predict_x0(schedule, xt, eps, t)
+        xt = _q_sample(schedule, x0, t, noise, (sqrt_ab, sqrt_1m_ab))
+        eps = _call(model, xt, torch.full((B,), t, device=x0.device, dtype=torch.long), cond)
+        watch.check(eps, (t, t))
+        x0_hat = (xt - schedule.at(sqrt_1m_ab, t, xt) * eps) / schedule.at(sqrt_ab, t, xt)   # Eq. 4 inverted
         c0, ct, post_var = posterior_coefficients(schedule, t, x0)
         mean_theta = c0 * x0_hat + ct * xt
         if t == 0:
-            var0 = schedule.betas[0].to(x0)
+            var0 = to_working(schedule.betas[0], x0)
             L_0 = -gaussian_log_prob(x0, mean_theta, torch.log(var0).expand_as(x0)).sum(1)
             continue
         model_var = post_var if variance == "posterior" else schedule.at(schedule.betas, t, x0)
-        true_mean = c0 * x0 + ct * xt
-        per_t[t] = kl_normal(true_mean, torch.log(post_var).expand_as(x0), mean_theta,
-                             torch.log(model_var).expand_as(x0)).sum(1).double().cpu()
-    per_example = L_0.double().cpu() + per_t.sum(0) + L_T.double().cpu()
+        true_means.append(c0 * x0 + ct * xt)
+        model_means.append(mean_theta)
+        post_logvars.append(torch.log(post_var))
+        model_logvars.append(torch.log(model_var))
+    watch.done()
+    per_t = torch.zeros(T, B, dtype=torch.float64)
+    if T > 1:   # L_{t-1} for every t >= 1 in one call (its argument checks once, not once per step)
+        lv1 = torch.stack(post_logvars).reshape(-1, 1, 1).expand(T - 1, B, D)
+        lv2 = torch.stack(model_logvars).reshape(-1, 1, 1).expand(T - 1, B, D)
+        per_t[1:] = kl_normal(torch.stack(true_means), lv1, torch.stack(model_means), lv2).sum(2).cpu().double()
+    per_example = L_0.cpu().double() + per_t.sum(0) + L_T.cpu().double()
     total = float(per_example.mean())
     return {"L_0": float(L_0.mean()), "L_T": float(L_T.mean()), "L_t": per_t.mean(1), "total_nats": total,
             "bits_per_dim": total / (D * math.log(2)), "per_example": per_example}

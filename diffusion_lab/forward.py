@@ -28,8 +28,16 @@ def q_sample(schedule: Schedule, x0: torch.Tensor, t, noise: torch.Tensor) -> to
     check_same_device(x0=x0, noise=noise)
     t = schedule.check_t(t)
     _check_batch_t(t, x0)
-    ab = schedule.alpha_bars
-    return schedule.at(ab.sqrt(), t, x0) * x0 + schedule.at((1 - ab).sqrt(), t, x0) * noise
+    return _q_sample(schedule, x0, t, noise)
+
+
+def _q_sample(schedule: Schedule, x0: torch.Tensor, t, noise: torch.Tensor, tables=None) -> torch.Tensor:
+    """q_sample without the checks (for loops whose arguments were checked once): no device-to-host sync.
+    `tables` = (sqrt(alpha_bar), sqrt(1 - alpha_bar)) in float64 on the CPU, precomputed by the caller."""
+    if tables is None:
+        ab = schedule.alpha_bars
+        tables = ab.sqrt(), (1 - ab).sqrt()
+    return schedule.at(tables[0], t, x0) * x0 + schedule.at(tables[1], t, x0) * noise
 
 
 def predict_x0(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:

@@ -16,7 +16,12 @@ from .schedules import Schedule
 
 
 class GaussianMixture:
-    """sum_k w_k N(mu_k, Sigma_k) in D dimensions, with optional integer class labels per component."""
+    """sum_k w_k N(mu_k, Sigma_k) in D dimensions, with optional integer class labels per component.
+
+    A CPU oracle: everything is computed in float64 on the CPU. Given x on another device, a method
+    copies x to the CPU (a device-to-host sync per call, so an oracle sampler on a GPU waits every step:
+    fine for tests, not for speed) and returns its result on x's device in x's dtype, cast on the CPU
+    first, so no float64 tensor reaches the device (Apple's MPS has none)."""
 
     def __init__(self, means, covs=None, weights=None, *, stds=None, labels=None):
         means = torch.as_tensor(means, dtype=torch.float64)
@@ -111,7 +116,7 @@ class GaussianMixture:
         out = torch.logsumexp(logp, dim=1)
         if cond is not None:   # divide by p(c) = sum of the class's weights: log p(x | c), not log p(x, c)
             out = out - torch.logsumexp(self._restrict(torch.log(self.weights).expand_as(logp), cond), dim=1)
-        return out.to(device=x.device, dtype=x.dtype)
+        return _back(out, x)
 
     def score(self, x: torch.Tensor, *, scale=1.0, var=0.0, cond=None) -> torch.Tensor:
         """grad_x log p(x) = -sum_k r_k(x) Sigma_k^{-1} (x - mu_k), exact."""
@@ -119,7 +124,7 @@ class GaussianMixture:
         logp, sol = self._component_terms(x, scale, var)
         logp = self._restrict(logp, cond)
         resp = torch.softmax(logp, dim=1)                                                  # (B, K)
-        return (-(resp[..., None] * sol).sum(1)).to(device=x.device, dtype=x.dtype)
+        return _back(-(resp[..., None] * sol).sum(1), x)
 
     def class_log_probs(self, x: torch.Tensor, *, scale=1.0, var=0.0) -> torch.Tensor:
         """log p(c | x) for every class c, shape (B, num_classes): the exact (noise-aware) classifier."""
@@ -128,7 +133,7 @@ class GaussianMixture:
             raise ValueError("this mixture has no labels; build it with labels=...")
         logp, _ = self._component_terms(x, scale, var)
         per_class = torch.stack([torch.logsumexp(logp[:, self.labels == c], 1) for c in range(self.num_classes)], 1)
-        return (per_class - torch.logsumexp(per_class, 1, keepdim=True)).to(device=x.device, dtype=x.dtype)
+        return _back(per_class - torch.logsumexp(per_class, 1, keepdim=True), x)
 
     def _restrict(self, logp, cond):
         if cond is None:
@@ -147,7 +152,7 @@ class GaussianMixture:
         def model(x, t, cond=None):
             ab = ab_all[t.cpu().long()]
             s = self.score(x, scale=ab.sqrt(), var=1 - ab, cond=cond)
-            return -(1 - ab).sqrt().to(x)[:, None] * s
+            return -_back((1 - ab).sqrt(), x)[:, None] * s
         return model
 
     def noise_score_model(self):
@@ -193,6 +198,11 @@ class GaussianMixture:
         from .paths import check_time
         t64 = check_time(t)
         return self.log_prob(x, scale=path.alpha(t64), var=path.sigma(t64) ** 2, cond=cond)
+
+
+def _back(value64: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A float64 CPU result in x's dtype (cast on the CPU) on x's device."""
+    return value64.to(x.dtype).to(x.device)
 
 
 def ring_mixture(k: int = 8, radius: float = 2.0, std: float = 0.1, labelled: bool = False) -> GaussianMixture:

@@ -71,13 +71,28 @@ class Schedule:
         """Gather values[t] and shape it to broadcast against `like` (B, ...), on like's device, in
         like's dtype (or `dtype`). Form differences such as 1 - alpha_bar on the float64 tensors
         before gathering: in float32, 1 - alpha_bar_0 = 1e-4 keeps only ~3 significant digits."""
-        t = t if isinstance(t, torch.Tensor) else torch.tensor(t)
-        out = values[t.cpu().long()].to(device=like.device, dtype=dtype or like.dtype)
+        out = gather(values, t, like, dtype)
         if out.ndim == 0:
             return out
         if out.shape[0] != like.shape[0]:
             raise ValueError(f"t has {out.shape[0]} entries but the batch has {like.shape[0]}")
         return out.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def to_working(values: torch.Tensor, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    """Cast (on the CPU) to like's dtype (or `dtype`), then move to like's device: float64 never
+    reaches the device (Apple's MPS has none). A host-to-device copy needs no sync: non_blocking."""
+    return values.to(dtype or like.dtype).to(like.device, non_blocking=True)
+
+
+def gather(values: torch.Tensor, t, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    """values[t] (values: a float64 table on the CPU) in like's dtype on like's device, unchecked and
+    without a device-to-host sync: integer t on the CPU is gathered there, then cast and moved; t on an
+    accelerator gathers from the cast table moved there (the same numbers: a cast commutes with a gather)."""
+    t = t if isinstance(t, torch.Tensor) else torch.tensor(t)
+    if t.device.type == "cpu":
+        return to_working(values[t.long()], like, dtype)
+    return to_working(values, like, dtype).to(t.device)[t.long()].to(like.device)
 
 
 def linear_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:

@@ -9,18 +9,22 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ._checks import check_callback, check_generator, check_int, check_number, check_tensor, randn
+from ._checks import FiniteWatch, check_callback, check_generator, check_int, check_number, check_tensor, randn
 from .nets import ResMLPBlock, timestep_embedding
 from .forward import _check_schedule
 from .schedules import Schedule
 
 
-def _check_score_output(s, x, where):
+def _check_score_output(s, x, where, watch):
+    """The shape now (metadata, free); finiteness through `watch` (no per-step sync on a device)."""
     if not isinstance(s, torch.Tensor) or s.shape != x.shape:
         got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
         raise ValueError(f"score must return the input's shape {tuple(x.shape)}, got {got} ({where})")
-    if not bool(torch.isfinite(s).all()):
-        raise ValueError(f"score returned non-finite values ({where})")
+    watch.check(s, where)
+
+
+def _score_watch(x):
+    return FiniteWatch(x.device, lambda where: f"score returned non-finite values ({where})")
 
 
 @torch.no_grad()
@@ -38,12 +42,14 @@ def langevin_sample(score_fn, x: torch.Tensor, step_size: float, n_steps: int, g
     n_steps = check_int("n_steps", n_steps, low=0)
     check_callback(callback)
     check_generator(generator)
+    watch = _score_watch(x)
     for i in range(n_steps):
         s = score_fn(x)
-        _check_score_output(s, x, f"step {i}")
+        _check_score_output(s, x, f"step {i}", watch)
         x = x + step_size * s + math.sqrt(2 * step_size) * randn(x.shape, generator, device=x.device, dtype=x.dtype)
         if callback is not None:
             callback({"i": i, "x": x})
+    watch.done()
     return x
 
 
@@ -82,15 +88,17 @@ def annealed_langevin_sample(score_model, sigmas, x: torch.Tensor, step_size: fl
     check_callback(callback)
     check_generator(generator)
     sigma_last = float(sigmas[-1])
+    watch = _score_watch(x)
     for level, sigma in enumerate(tqdm(sigmas.tolist(), desc="annealed Langevin", disable=not progress)):
         alpha = step_size * sigma ** 2 / sigma_last ** 2
         sig = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
         for i in range(n_steps_each):
             s = score_model(x, sig)
-            _check_score_output(s, x, f"sigma = {sigma:.4g}")
+            _check_score_output(s, x, f"sigma = {sigma:.4g}", watch)
             x = x + alpha * s + math.sqrt(2 * alpha) * randn(x.shape, generator, device=x.device, dtype=x.dtype)
             if callback is not None:
                 callback({"level": level, "sigma": sigma, "i": i, "x": x})
+    watch.done()
     return x
 
 
@@ -105,7 +113,11 @@ def dsm_loss(score_model, x: torch.Tensor, sigmas, generator: torch.Generator | 
         raise TypeError(f"score_model must be callable as score_model(x, sigma), got {type(score_model).__name__}")
     check_tensor("x", x)
     check_generator(generator)
-    sigmas = _check_sigmas(sigmas).to(x.device)
+    return _dsm_loss(score_model, x, _check_sigmas(sigmas).to(x.device), generator)
+
+
+def _dsm_loss(score_model, x, sigmas, generator) -> torch.Tensor:
+    """dsm_loss without the checks (sigmas already checked and on x's device): no device-to-host sync."""
     gen_device = generator.device if generator is not None else x.device
     idx = torch.randint(0, sigmas.numel(), (x.shape[0],), generator=generator, device=gen_device).to(x.device)
     sigma = sigmas[idx].to(x.dtype)

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._checks import check_int, check_number, check_tensor
-from .ddpm import ddpm_loss, model_device
-from .forward import q_sample
+from .ddpm import _ddpm_loss, model_device
+from .forward import _q_sample
 from .nets import NoisyClassifier, make_denoiser
 from .schedules import Schedule, make_schedule
-from .score import ScoreMLP, _check_sigmas, dsm_loss
-from .vae import VAE, vae_loss
+from .score import ScoreMLP, _check_sigmas, _dsm_loss
+from .vae import VAE, _vae_loss
 
 
 class TrainingDivergedError(RuntimeError):
@@ -95,10 +95,21 @@ def _init_model(factory, seed: int):
         return factory()
 
 
+SYNC_EVERY = 50   # on an accelerator, losses are read back (one device-to-host sync) every SYNC_EVERY steps
+
+
 def fit(model: torch.nn.Module, loss_fn, config: TrainConfig, n_data: int, *, desc: str = "training", callback=None):
     """The shared loop: loss_fn(idx, generator) -> scalar loss for the batch of data indices idx.
-    Returns (trained model, list of per-step losses); the EMA weights when ema_decay is set."""
+    Returns (trained model, list of per-step losses); the EMA weights when ema_decay is set.
+
+    On the CPU each loss is read as it comes and a NaN or inf stops training at once. On an accelerator,
+    reading a loss would make the host wait for the device every step, so losses stay on the device and
+    are read back SYNC_EVERY steps at a time (and at the end): a divergence is then reported up to
+    SYNC_EVERY - 1 steps late, still naming the first bad step. A callback gets each step's loss as a
+    float, which on an accelerator costs that wait every step (pass none to avoid it)."""
     g = torch.Generator().manual_seed(config.seed)
+    p = next(model.parameters(), None)
+    on_cpu = p is None or p.device.type == "cpu"
     # foreach: the multi-tensor Adam, bitwise the same updates as the default single-tensor loop on the
     # CPU, with far fewer small operations (most of a small model's step time on a CPU is per-op overhead).
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)
@@ -111,15 +122,28 @@ def fit(model: torch.nn.Module, loss_fn, config: TrainConfig, n_data: int, *, de
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ema = EMA(model, config.ema_decay) if config.ema_decay is not None else None
     losses = []
+    pending = []          # accelerator only: this chunk's losses, still on the device
+
+    def read_back():      # one sync for the whole chunk; check it, then log it
+        values = torch.stack(pending).cpu().tolist()
+        for i, value in enumerate(values):
+            _check_loss(len(losses) + i, value, config)
+        losses.extend(values)
+        pending.clear()
+        _show_loss(bar, losses, config)
+
     model.train()
     bar = tqdm(range(config.steps), desc=desc, disable=not config.progress)
     for step in bar:
         idx = torch.randint(0, n_data, (min(config.batch_size, n_data),), generator=g)
         loss = loss_fn(idx, g)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrainingDivergedError(f"training diverged at step {step}: loss = {value}; lower the learning rate "
-                                        f"(lr = {config.lr}) or enable grad_clip")
+        if on_cpu or callback is not None:
+            if pending:
+                read_back()
+            value = float(loss.detach())
+            _check_loss(step, value, config)
+        else:
+            pending.append(loss.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip is not None:
@@ -128,13 +152,31 @@ def fit(model: torch.nn.Module, loss_fn, config: TrainConfig, n_data: int, *, de
         sched.step()
         if ema is not None:
             ema.update(model, step)
+        if pending:
+            if len(pending) == SYNC_EVERY:
+                read_back()
+            continue
         losses.append(value)
-        if config.progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        if step % SYNC_EVERY == 0:
+            _show_loss(bar, losses, config)
         if callback is not None:
             callback({"step": step, "loss": value, "model": model})
+    if pending:
+        read_back()
     out = ema.shadow if ema is not None else model
     return out.eval(), losses
+
+
+def _check_loss(step: int, value: float, config: TrainConfig):
+    if not math.isfinite(value):
+        raise TrainingDivergedError(f"training diverged at step {step}: loss = {value}; lower the learning rate "
+                                    f"(lr = {config.lr}) or enable grad_clip")
+
+
+def _show_loss(bar, losses, config: TrainConfig):
+    """The progress bar's loss: the mean of the last SYNC_EVERY steps (only numbers already read back)."""
+    if config.progress:
+        bar.set_postfix(loss=f"{sum(losses[-SYNC_EVERY:]) / len(losses[-SYNC_EVERY:]):.4f}")
 
 
 def _check_data(data, labels=None):
@@ -181,15 +223,18 @@ def train_ddpm(data: torch.Tensor, labels: torch.Tensor | None = None, config: T
     model.to(device)
     x_all = data.to(device)
     y_all = labels.to(device) if labels is not None else None
+    ab = schedule.alpha_bars
+    tables = ab.sqrt(), (1 - ab).sqrt()       # float64 on the CPU, once; each batch gathers, casts, moves
 
-    def loss_fn(idx, g):
-        x0 = x_all[idx.to(device)]
+    def loss_fn(idx, g):                      # data checked once above: no per-step checks (nor syncs)
+        idx = idx.to(device, non_blocking=True)
+        x0 = x_all[idx]
         cond = None
         if y_all is not None:
-            cond = y_all[idx.to(device)].clone()
-            drop = torch.rand(cond.shape[0], generator=g) < config.p_uncond
-            cond[drop.to(device)] = num_classes       # the null label
-        return ddpm_loss(model, schedule, x0, cond=cond, generator=g)
+            drop = torch.rand(idx.shape[0], generator=g) < config.p_uncond
+            # the null label where dropped (torch.where: a boolean-mask assignment syncs on a GPU)
+            cond = torch.where(drop.to(device, non_blocking=True), num_classes, y_all[idx])
+        return _ddpm_loss(model, schedule, x0, cond, g, tables)
     return fit(model, loss_fn, config, data.shape[0], desc="train_ddpm", callback=callback)
 
 
@@ -206,7 +251,8 @@ def train_score_model(data: torch.Tensor, sigmas, config: TrainConfig | None = N
     device = model_device(model, device)
     model.to(device)
     x_all = data.to(device)
-    return fit(model, lambda idx, g: dsm_loss(model, x_all[idx.to(device)], sigmas, generator=g), config,
+    sigmas = sigmas.to(device)
+    return fit(model, lambda idx, g: _dsm_loss(model, x_all[idx.to(device, non_blocking=True)], sigmas, g), config,
                data.shape[0], desc="train_score_model", callback=callback)
 
 
@@ -219,9 +265,11 @@ def train_vae(data: torch.Tensor, config: TrainConfig | None = None, *, latent_d
         model = _init_model(lambda: VAE(data.shape[1:], latent_dim=latent_dim, **config.net), config.seed)
     device = model_device(model, device)
     model.to(device)
+    beta = check_number("beta", beta, low=0)
+    decoder_std = check_number("decoder_std", decoder_std, low=0, low_open=True)
     x_all = data.to(device)
-    return fit(model, lambda idx, g: vae_loss(model, x_all[idx.to(device)], beta=beta, decoder_std=decoder_std,
-                                              generator=g)["loss"],
+    return fit(model, lambda idx, g: _vae_loss(model, x_all[idx.to(device, non_blocking=True)], beta, decoder_std,
+                                               g)["loss"],
                config, data.shape[0], desc="train_vae", callback=callback)
 
 
@@ -240,10 +288,14 @@ def train_classifier(data: torch.Tensor, labels: torch.Tensor, config: TrainConf
     device = model_device(model, device)
     model.to(device)
     x_all, y_all = data.to(device), labels.to(device)
+    ab = schedule.alpha_bars
+    tables = ab.sqrt(), (1 - ab).sqrt()       # float64 on the CPU, once
 
-    def loss_fn(idx, g):
-        x0, y = x_all[idx.to(device)], y_all[idx.to(device)]
-        t = torch.randint(0, schedule.T, (x0.shape[0],), generator=g).to(device)
-        noise = torch.randn(x0.shape, generator=g).to(device)
-        return F.cross_entropy(model(q_sample(schedule, x0, t, noise), t), y)
+    def loss_fn(idx, g):                      # data checked once above: no per-step checks (nor syncs)
+        idx = idx.to(device, non_blocking=True)
+        x0, y = x_all[idx], y_all[idx]
+        t_cpu = torch.randint(0, schedule.T, (x0.shape[0],), generator=g)
+        noise = torch.randn(x0.shape, generator=g).to(device, non_blocking=True)
+        xt = _q_sample(schedule, x0, t_cpu, noise, tables)
+        return F.cross_entropy(model(xt, t_cpu.to(device, non_blocking=True)), y)
     return fit(model, loss_fn, config, data.shape[0], desc="train_classifier", callback=callback)

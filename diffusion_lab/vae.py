@@ -7,8 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ._checks import check_int, check_number, check_tensor
-from .gaussians import kl_std_normal, reparameterize
+from ._checks import check_int, check_number, check_tensor, randn
 
 
 class VAE(nn.Module):
@@ -36,7 +35,10 @@ class VAE(nn.Module):
 
     def forward(self, x, generator: torch.Generator | None = None):
         mu, logvar = self.encode(x)
-        z = reparameterize(mu, logvar, generator)
+        # z = mu + exp(logvar / 2) eps: gaussians.reparameterize without its argument checks (mu and
+        # logvar come from the encoder), which would read them back from a GPU every training step
+        eps = randn(mu.shape, generator, device=mu.device, dtype=mu.dtype)
+        z = mu + torch.exp(0.5 * logvar) * eps
         return self.decode(z), mu, logvar
 
 
@@ -49,9 +51,15 @@ def vae_loss(model: VAE, x: torch.Tensor, beta: float = 1.0, decoder_std: float 
     check_tensor("x", x)
     beta = check_number("beta", beta, low=0)
     decoder_std = check_number("decoder_std", decoder_std, low=0, low_open=True)
+    return _vae_loss(model, x, beta, decoder_std, generator)
+
+
+def _vae_loss(model, x, beta: float, decoder_std: float, generator) -> dict:
+    """vae_loss without the checks, for training loops (no device-to-host sync)."""
     x_hat, mu, logvar = model(x, generator)
     d = x[0].numel()
     sq = ((x - x_hat) ** 2).flatten(1).sum(1)
     recon = sq / (2 * decoder_std ** 2) + 0.5 * d * math.log(2 * math.pi * decoder_std ** 2)
-    kl = kl_std_normal(mu, logvar).sum(1)
+    kl = 0.5 * (mu ** 2 + torch.exp(logvar) - logvar - 1.0)     # gaussians.kl_std_normal, unchecked (as above)
+    kl = kl.sum(1)
     return {"loss": (recon + beta * kl).mean(), "recon": recon.mean(), "kl": kl.mean()}
