@@ -29,5 +29,7 @@ from .paths import GaussianPath, LinearPath, SchedulePath, VEPath, VPPath, linea
 from .predictions import PREDICTIONS, convert_prediction
 from .discrete import discrete_model
 from .ode import ode_sample
+from .flow import (VelocityMLP, VelocityUNet, flow_matching_loss, make_velocity_net, ot_coupling, reflow_pairs,
+                   straightness, train_flow)
 
 __version__ = "0.1.0"
