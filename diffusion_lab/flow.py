@@ -103,6 +103,7 @@ def train_flow(data: torch.Tensor, labels: torch.Tensor | None = None, config: T
     labels: class-conditional, each label dropped to the null label with probability p_uncond (for dl.cfg).
     pairs: the noise coupled to each data point (rectified flow: x_T from reflow_pairs, data = its x_0);
     without pairs each batch draws fresh noise, coupled independently or, with coupling="ot", by minibatch OT.
+    model: train this module (in place, as train_ddpm does) instead of a new one; pass a copy to keep the original.
     Returns (model, losses); sample with ode_sample(model, linear_path(), shape, prediction="velocity")."""
     config = _config(config, overrides)
     _check_data(data, labels)
@@ -116,6 +117,8 @@ def train_flow(data: torch.Tensor, labels: torch.Tensor | None = None, config: T
         if coupling != "independent":
             raise ValueError(f"coupling must be 'independent' when pairs are given (the pairs are the coupling), "
                              f"got {coupling!r}")
+    if model is not None:      # e.g. the flow being rectified; EMA weights come back frozen, so unfreeze them
+        model.requires_grad_(True)
     model, device, x_all, y_all, num_classes = setup(
         data, labels, config, model, lambda k: make_velocity_net(data.shape[1:], num_classes=k, **config.net), device)
     e_all = pairs.to(device) if pairs is not None else None
