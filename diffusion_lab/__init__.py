@@ -34,5 +34,7 @@ from .sde import sde_sample
 from .likelihood import bits_per_dim, ode_log_likelihood
 from .dpm_solver import dpm_solver_sample
 from .edm import edm_sample, karras_sigmas
+from .flow import (VelocityMLP, VelocityUNet, flow_matching_loss, make_velocity_net, ot_coupling, reflow_pairs,
+                   straightness, train_flow)
 
 __version__ = "0.1.0"

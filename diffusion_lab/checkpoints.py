@@ -8,13 +8,15 @@ from pathlib import Path
 
 import torch
 
+from .flow import VelocityMLP, VelocityUNet
 from .metrics import DigitsClassifier
 from .nets import NoisyClassifier, TimeMLP, UNet
 from .score import ScoreMLP
 from .vae import VAE
 
 FORMAT = "diffusion_lab.checkpoint/1"
-MODEL_CLASSES = {c.__name__: c for c in (TimeMLP, UNet, NoisyClassifier, ScoreMLP, VAE, DigitsClassifier)}
+MODEL_CLASSES = {c.__name__: c for c in (TimeMLP, UNet, NoisyClassifier, ScoreMLP, VAE, DigitsClassifier,
+                                          VelocityMLP, VelocityUNet)}
 PRETRAINED_DIR = Path(__file__).parent / "checkpoints"
 
 

@@ -191,6 +191,27 @@ def _check_data(data, labels=None):
             raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
 
 
+def setup(data, labels, config: TrainConfig, model, factory, device):
+    """What the denoiser trainers share: the model (factory(num_classes) with seeded weights, unless one is
+    given) on its device, and the data and labels moved there once. Returns (model, device, x, y, num_classes)."""
+    num_classes = int(labels.max()) + 1 if labels is not None else None
+    if model is None:
+        model = _init_model(lambda: factory(num_classes), config.seed)
+    device = model_device(model, device)
+    model.to(device)
+    return model, device, data.to(device), (labels.to(device) if labels is not None else None), num_classes
+
+
+def dropped_labels(y_all, idx, g, p_uncond: float, num_classes):
+    """The batch's labels, each replaced by the null label (num_classes) with probability p_uncond, so that one
+    network is also the unconditional model (classifier-free guidance, Ho & Salimans 2021); None without labels."""
+    if y_all is None:
+        return None
+    drop = torch.rand(idx.shape[0], generator=g) < p_uncond
+    # torch.where, not a boolean-mask assignment: that would sync on a GPU
+    return torch.where(drop.to(idx.device, non_blocking=True), num_classes, y_all[idx])
+
+
 def _resolve_schedule(schedule, config: TrainConfig):
     """`schedule` may be a Schedule object or, like TrainConfig.schedule, a name ("linear" or "cosine");
     a name goes into the config so that T and the name travel together."""
@@ -216,25 +237,15 @@ def train_ddpm(data: torch.Tensor, labels: torch.Tensor | None = None, config: T
     config = _config(config, overrides)
     _check_data(data, labels)
     schedule, config = _resolve_schedule(schedule, config)
-    num_classes = int(labels.max()) + 1 if labels is not None else None
-    if model is None:
-        model = _init_model(lambda: make_denoiser(data.shape[1:], num_classes=num_classes, **config.net), config.seed)
-    device = model_device(model, device)
-    model.to(device)
-    x_all = data.to(device)
-    y_all = labels.to(device) if labels is not None else None
+    model, device, x_all, y_all, num_classes = setup(
+        data, labels, config, model, lambda k: make_denoiser(data.shape[1:], num_classes=k, **config.net), device)
     ab = schedule.alpha_bars
     tables = ab.sqrt(), (1 - ab).sqrt()       # float64 on the CPU, once; each batch gathers, casts, moves
 
     def loss_fn(idx, g):                      # data checked once above: no per-step checks (nor syncs)
         idx = idx.to(device, non_blocking=True)
-        x0 = x_all[idx]
-        cond = None
-        if y_all is not None:
-            drop = torch.rand(idx.shape[0], generator=g) < config.p_uncond
-            # the null label where dropped (torch.where: a boolean-mask assignment syncs on a GPU)
-            cond = torch.where(drop.to(device, non_blocking=True), num_classes, y_all[idx])
-        return _ddpm_loss(model, schedule, x0, cond, g, tables)
+        cond = dropped_labels(y_all, idx, g, config.p_uncond, num_classes)
+        return _ddpm_loss(model, schedule, x_all[idx], cond, g, tables)
     return fit(model, loss_fn, config, data.shape[0], desc="train_ddpm", callback=callback)
 
 

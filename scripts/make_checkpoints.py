@@ -56,7 +56,21 @@ def digits_vae():
                                                       "command": COMMAND.format(name="digits_vae")})
 
 
-ALL = {f.__name__: f for f in (digits_ddpm, digits_cfg, digits_noisy_classifier, digits_judge, digits_vae)}
+# A class-conditional flow (flow matching on the linear path, velocity model, label dropout for CFG):
+# a smaller MLP than the denoisers' (width 128, depth 3: ~0.6 MB) suffices for the judge's >= 95% at 20 NFE.
+FLOW = {"steps": 4000, "batch_size": 128, "lr": 1e-3, "net": {"arch": "mlp", "hidden": 128, "depth": 3}}
+FLOW_SAMPLING = {"path": "linear", "prediction": "velocity", "method": "euler", "steps": 20, "cfg_scale": 2.0}
+
+
+def digits_flow():
+    x, y = dl.load_digits()
+    model, losses = dl.train_flow(x, y, progress=False, **FLOW)
+    dl.save_checkpoint(OUT / "digits_flow.pt", model,
+                       {**FLOW_SAMPLING, "p_uncond": dl.TrainConfig().p_uncond, "train": FLOW,
+                        "final_loss": sum(losses[-100:]) / 100, "command": COMMAND.format(name="digits_flow")})
+
+
+ALL = {f.__name__: f for f in (digits_ddpm, digits_cfg, digits_noisy_classifier, digits_judge, digits_vae, digits_flow)}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)   # several of these run side by side; one thread each avoids oversubscription

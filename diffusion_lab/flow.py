@@ -1,0 +1,183 @@
+"""Flow matching and rectified flow on the linear path x_t = (1 - t) x0 + t eps (Lipman et al. 2023, Eqs. 22-23;
+Liu et al. 2023, Eq. 1), SD3's logit-normal times (Esser et al. 2024, Eq. 19), the minibatch optimal-transport
+coupling (Tong et al. 2023, OT-CFM) and Liu et al.'s straightness. A flow model predicts the velocity
+dx_t/dt = eps - x0 and samples with ode_sample(model, linear_path(), shape, prediction="velocity"); dl.cfg wraps it
+unchanged (a guided velocity is the same affine combination as a guided eps at fixed x_t and t)."""
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_generator, check_int, check_shape, check_tensor, randn
+from .ddpm import _check_cond, _check_model, model_device
+from .nets import TimeMLP, UNet, make_denoiser
+from .ode import ode_sample, time_grid
+from .paths import linear_path
+from .train import TrainConfig, _check_data, _config, dropped_labels, fit, setup
+
+T_SAMPLINGS = ("uniform", "logit_normal")
+COUPLINGS = ("independent", "ot")
+TIME_SCALE = 1000.0
+
+
+class _UnitTime:
+    """The networks embed DDPM's timesteps 0..999; a flow's t in [0, 1] is scaled by 1000 first (diffusers'
+    FlowMatchEulerDiscreteScheduler hands SD3 the timestep 1000 t), so the sinusoidal embedding resolves it."""
+
+    def forward(self, x, t, cond=None):
+        return super().forward(x, t * TIME_SCALE, cond)
+
+
+class VelocityMLP(_UnitTime, TimeMLP):
+    """TimeMLP as a velocity model: model(x, t, cond=None) -> dx_t/dt, float t in [0, 1] of shape (B,)."""
+
+
+class VelocityUNet(_UnitTime, UNet):
+    """UNet as a velocity model: model(x, t, cond=None) -> dx_t/dt, float t in [0, 1] of shape (B,)."""
+
+
+def make_velocity_net(sample_shape, num_classes: int | None = None, arch: str = "auto", **kwargs) -> torch.nn.Module:
+    """make_denoiser's architecture (same arguments) taking float t in [0, 1]."""
+    net = make_denoiser(sample_shape, num_classes=num_classes, arch=arch, **kwargs)
+    return {TimeMLP: VelocityMLP, UNet: VelocityUNet}[type(net)](**net.config)
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def sample_t(n: int, t_sampling: str, generator, device) -> torch.Tensor:
+    """n training times in (0, 1): uniform, or logit-normal sigmoid(N(0, 1)) (SD3's default m = 0, s = 1)."""
+    gen_device = generator.device if generator is not None else device
+    if t_sampling == "uniform":
+        t = torch.rand(n, generator=generator, device=gen_device)
+    else:
+        t = torch.sigmoid(torch.randn(n, generator=generator, device=gen_device))
+    return t.to(device, non_blocking=True)
+
+
+def _flow_loss(model, x0, cond, generator, t_sampling, eps=None):
+    """flow_matching_loss without the checks (training loops); eps: the coupled noise, drawn when None."""
+    # 1. the other end of the line (independent coupling: fresh noise) and the times
+    if eps is None:
+        eps = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
+    t = sample_t(x0.shape[0], t_sampling, generator, x0.device).to(x0.dtype)
+    tb = t.reshape(-1, *([1] * (x0.ndim - 1)))                       # (B, 1, ...)
+    # 2. the point on the line and its velocity (Lipman et al. 2023, Eqs. 22-23 with sigma_min = 0)
+    xt = (1 - tb) * x0 + tb * eps
+    target = eps - x0
+    # 3. regress the velocity
+    return torch.mean((model(xt, t, cond) - target) ** 2)
+
+
+def flow_matching_loss(model, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None,
+                       t_sampling: str = "uniform") -> torch.Tensor:
+    """Conditional flow matching loss: mean over the batch and dimensions of |v(x_t, t) - (eps - x0)|^2 with
+    x_t = (1 - t) x0 + t eps, eps ~ N(0, I), t ~ t_sampling ("uniform" or "logit_normal"). A scalar."""
+    _check_model(model)
+    check_tensor("x0", x0)
+    if x0.ndim < 2:
+        raise ValueError(f"x0 must be a batch (B, ...), got shape {tuple(x0.shape)}")
+    _check_cond(cond, x0.shape[0])
+    check_generator(generator)
+    _check_choice("t_sampling", t_sampling, T_SAMPLINGS)
+    return _flow_loss(model, x0, cond, generator, t_sampling)
+
+
+def ot_coupling(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """eps reordered so that the pairs (x0_i, eps_i) minimise sum_i |x0_i - eps_i|^2 over all permutations:
+    the exact minibatch OT plan (Tong et al. 2023, Sec. 3.2), by the Hungarian method (scipy). On an
+    accelerator the cost matrix comes to the host: one sync per batch."""
+    from scipy.optimize import linear_sum_assignment
+    cost = torch.cdist(x0.detach().flatten(1).double().cpu(), eps.detach().flatten(1).double().cpu()) ** 2  # (B, B)
+    rows, cols = linear_sum_assignment(cost.numpy())             # rows = 0..B-1 for a square matrix
+    return eps[torch.as_tensor(cols, device=eps.device)]
+
+
+def train_flow(data: torch.Tensor, labels: torch.Tensor | None = None, config: TrainConfig | None = None, *,
+               pairs: torch.Tensor | None = None, t_sampling: str = "uniform", coupling: str = "independent",
+               model: torch.nn.Module | None = None, device=None, callback=None, **overrides):
+    """Train a velocity model by flow matching on any (N, D) or (N, C, H, W) float tensor, with train_ddpm's loop
+    (seeded, EMA, clipping, progress bar, TrainingDivergedError) and options (TrainConfig or keywords).
+
+    labels: class-conditional, each label dropped to the null label with probability p_uncond (for dl.cfg).
+    pairs: the noise coupled to each data point (rectified flow: x_T from reflow_pairs, data = its x_0);
+    without pairs each batch draws fresh noise, coupled independently or, with coupling="ot", by minibatch OT.
+    model: train this module (in place, as train_ddpm does) instead of a new one; pass a copy to keep the original.
+    Returns (model, losses); sample with ode_sample(model, linear_path(), shape, prediction="velocity")."""
+    config = _config(config, overrides)
+    _check_data(data, labels)
+    _check_choice("t_sampling", t_sampling, T_SAMPLINGS)
+    _check_choice("coupling", coupling, COUPLINGS)
+    if pairs is not None:
+        check_tensor("pairs", pairs)
+        if pairs.shape != data.shape:
+            raise ValueError(f"pairs must have data's shape {tuple(data.shape)} (one noise per data point), "
+                             f"got {tuple(pairs.shape)}")
+        if coupling != "independent":
+            raise ValueError(f"coupling must be 'independent' when pairs are given (the pairs are the coupling), "
+                             f"got {coupling!r}")
+    if model is not None:      # e.g. the flow being rectified; EMA weights come back frozen, so unfreeze them
+        model.requires_grad_(True)
+    model, device, x_all, y_all, num_classes = setup(
+        data, labels, config, model, lambda k: make_velocity_net(data.shape[1:], num_classes=k, **config.net), device)
+    e_all = pairs.to(device) if pairs is not None else None
+
+    def loss_fn(idx, g):                      # data checked once above: no per-step checks
+        idx = idx.to(device, non_blocking=True)
+        cond = dropped_labels(y_all, idx, g, config.p_uncond, num_classes)
+        x0 = x_all[idx]
+        eps = e_all[idx] if e_all is not None else randn(x0.shape, g, device=device, dtype=x0.dtype)
+        if coupling == "ot":
+            eps = ot_coupling(x0, eps)
+        return _flow_loss(model, x0, cond, g, t_sampling, eps)
+    return fit(model, loss_fn, config, data.shape[0], desc="train_flow", callback=callback)
+
+
+def _start(model, n, steps, generator, shape, cond):
+    """Checks shared by reflow_pairs and straightness; returns (steps, full shape, x_T ~ N(0, I))."""
+    _check_model(model)
+    n = check_int("n", n, low=1)
+    steps = check_int("steps", steps, low=1)
+    check_generator(generator)
+    if shape is None:
+        shape = getattr(model, "config", {}).get("sample_shape")
+        if shape is None:
+            raise ValueError(f"shape is required for a model without config['sample_shape'] "
+                             f"({type(model).__name__}): pass the shape of one sample, e.g. shape=(2,)")
+    shape = (n,) + check_shape("shape", shape)
+    _check_cond(cond, n)
+    return steps, shape, randn(shape, generator, device=model_device(model))
+
+
+@torch.no_grad()
+def reflow_pairs(model, n: int, steps: int = 50, generator: torch.Generator | None = None, *, method: str = "heun",
+                 cond=None, shape=None):
+    """(x_T, x_0): n noise draws and where the flow's ODE takes them (ode_sample, `method`, `steps`): the
+    coupling that one round of rectification trains on (Liu et al. 2023, Algorithm 1). shape: one sample's
+    shape, read from model.config["sample_shape"] when not given; cond: labels (n,) for a conditional flow."""
+    steps, shape, x_T = _start(model, n, steps, generator, shape, cond)
+    x_0 = ode_sample(model, linear_path(), shape, steps=steps, method=method, prediction="velocity", cond=cond,
+                     x_T=x_T)
+    return x_T, x_0
+
+
+@torch.no_grad()
+def straightness(model, n: int, steps: int = 100, generator: torch.Generator | None = None, *, cond=None,
+                 shape=None) -> float:
+    """Liu et al. 2023's straightness S = int_0^1 E |(x_1 - x_0) - v(x_t, t)|^2 dt along the flow's own paths
+    (x_1 noise, x_0 where the ODE takes it; |.|^2 summed over dimensions, E over n draws), by Euler with
+    `steps` uniform steps and the left-point rule. 0 exactly when every path is a straight line."""
+    steps, shape, x_T = _start(model, n, steps, generator, shape, cond)
+    xs = []
+    x_0 = ode_sample(model, linear_path(), shape, steps=steps, method="euler", prediction="velocity", cond=cond,
+                     x_T=x_T, callback=lambda d: xs.append(d["x"]))
+    ts = time_grid(linear_path(), steps)                          # 1 = t_0 > t_1 > ... > t_steps = 0
+    direction = (x_T - x_0).flatten(1)                             # (n, D)
+    total, x = 0.0, x_T
+    for i, x_next in enumerate(xs):
+        h = ts[i] - ts[i + 1]
+        v = (x - x_next).flatten(1) / h                            # Euler: x_next = x - h v(x, t_i)
+        total = total + h * ((direction - v) ** 2).sum(1).mean()
+        x = x_next
+    return float(total)
