@@ -370,9 +370,8 @@ def test_broken_model_on_the_device_is_reported_with_its_step_and_t():
         dl.ddpm_sample(nan_after(5), s, (4, 2), generator=_gen(0), device=FAKE)
 
 
-@pytest.mark.xfail(strict=True, reason="nets.Conditioning checks the label range with int(cond.min()) on every "
-                                       "forward call: one sync per sampling step (nets.py is not this test's file)")
-def test_package_conditional_net_syncs_per_call():
+def test_package_conditional_net_checks_labels_once_per_cond_tensor():
+    # nets.Conditioning reads the label range on the host: on an accelerator once per cond tensor, not per step.
     def run(n):
         net = _seeded(lambda: dl.TimeMLP(dim=2, hidden=16, depth=1, emb_dim=8, num_classes=2).eval())
         return lambda: dl.ddim_sample(net.to(FAKE), _schedule(40), (8, 2), steps=n, cond=_cond().to(FAKE),
@@ -394,3 +393,18 @@ def test_harness_catches_float64_and_syncs():
     assert len(rec.syncs) == 3 and len(rec.float64) == 3, (rec.syncs, rec.float64)
     with fake_device(), pytest.raises(RuntimeError, match="mixes a device tensor"):
         torch.ones(3).to(FAKE) + torch.ones(3)
+
+
+def test_conditional_net_still_rejects_bad_labels_on_a_device():
+    # Checked once per cond tensor on an accelerator: the first use, and again after an in-place change.
+    net = _seeded(lambda: dl.TimeMLP(dim=2, hidden=16, depth=1, emb_dim=8, num_classes=2).eval())
+    with fake_device():
+        net.to(FAKE)
+        x, t = torch.zeros(4, 2).to(FAKE), torch.zeros(4, dtype=torch.long).to(FAKE)
+        with pytest.raises(ValueError, match=r"cond labels must be in \[0, 2\]"):
+            net(x, t, torch.tensor([0, 1, 3, 0]).to(FAKE))
+        cond = torch.tensor([0, 1, 2, 0]).to(FAKE)
+        net(x, t, cond)
+        cond[2] = 5                      # modified in place: its version moves, so it is checked again
+        with pytest.raises(ValueError, match=r"cond labels must be in \[0, 2\]"):
+            net(x, t, cond)
