@@ -388,7 +388,12 @@ def test_ddpm_score_model_passes_cond_and_ddpm_sigmas_limits():
     cond = torch.tensor([0, 1])
     out = dl.ddpm_score_model(model, s, cond=cond)(torch.zeros(2, 2), torch.tensor([0.5, 0.25]))
     assert seen[0] is cond
-    torch.testing.assert_close(out, -torch.tensor([[2.0, 2.0], [4.0, 4.0]]))
+    # Divided by the sigma of the timestep it looks up (the nearest sqrt(1 - alpha_bar_t)), not by the
+    # requested sigma: that is the score of a real marginal q_t (dividing by 0.5 and 0.25 was a bug).
+    table = [math.sqrt(1 - float(a)) for a in s.alpha_bars]
+    sig_t = [min(table, key=lambda v: abs(v - req)) for req in (0.5, 0.25)]
+    assert all(abs(v - req) > 1e-3 for v, req in zip(sig_t, (0.5, 0.25)))   # the two conventions differ here
+    torch.testing.assert_close(out, -torch.tensor([[1 / sig_t[0]] * 2, [1 / sig_t[1]] * 2]))
     one = dl.ddpm_sigmas(s, 1)   # n = 1 is allowed: the noisiest level only
     torch.testing.assert_close(one.double(), (1 - s.alpha_bars[-1:]).sqrt(), rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match=r"^n must be an integer in \[1, 20\], got 0$"):
