@@ -145,8 +145,8 @@ def _gen(seed):
 
 
 class CondNet(nn.Module):
-    """A tiny conditional eps-model with no label checks of its own (the package's Conditioning checks
-    the label range with int(cond.min()) per call: see test_package_conditional_net_syncs_per_call)."""
+    """A tiny conditional eps-model with no label checks of its own (the package's Conditioning checks the
+    label range once per cond tensor on an accelerator: see test_package_conditional_net_checks_labels_once...)."""
 
     def __init__(self, dim=2, num_classes=2):
         super().__init__()
@@ -245,7 +245,52 @@ def _elbo(n):
     return run
 
 
+class CtNet(nn.Module):
+    """A tiny continuous-time model: float t of shape (B,) in x's dtype, on x's device."""
+
+    def __init__(self, dim=2):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim + 1, 16), nn.SiLU(), nn.Linear(16, dim))
+
+    def forward(self, x, t, cond=None):
+        return self.net(torch.cat([x, t[:, None]], dim=1))
+
+
+def _ct_net():
+    return _seeded(lambda: CtNet().eval())
+
+
+def _ode(n, method, path="vp"):
+    def run():
+        p = dl.vp_path() if path == "vp" else dl.linear_path()
+        prediction = "eps" if path == "vp" else "velocity"
+        return dl.ode_sample(_ct_net().to(FAKE), p, (8, 2), steps=n, method=method, prediction=prediction,
+                             generator=_gen(0))
+    return run
+
+
+def _sde(n):
+    return lambda: dl.sde_sample(_ct_net().to(FAKE), dl.vp_path(), (8, 2), steps=n, generator=_gen(0))
+
+
+def _edm(n, churn=0.0):
+    return lambda: dl.edm_sample(_ct_net().to(FAKE), dl.vp_path(), (8, 2), dl.karras_sigmas(n, sigma_min=0.02, sigma_max=20.0),
+                                 generator=_gen(0), churn=churn)
+
+
+def _dpm_solver(n):
+    return lambda: dl.dpm_solver_sample(_mlp().to(FAKE), _schedule(40), (8, 2), steps=n, generator=_gen(0))
+
+
 SAMPLERS = {
+    "ode_sample euler (vp, eps)": lambda n: _ode(n, "euler"),
+    "ode_sample heun (vp, eps)": lambda n: _ode(n, "heun"),
+    "ode_sample rk4 (linear, velocity)": lambda n: _ode(n, "rk4", "linear"),
+    "ode_sample dpm++2m (vp, eps)": lambda n: _ode(n, "dpm++2m"),
+    "sde_sample": _sde,
+    "edm_sample heun": _edm,
+    "edm_sample churn": lambda n: _edm(n, churn=2.0),
+    "dpm_solver_sample": _dpm_solver,
     "ddpm_sample": lambda n: _ddpm(n),
     "ddpm_sample beta variance, clip_x0": lambda n: _ddpm(n, variance="beta", clip_x0=1.0),
     "ddim_sample eta=0": lambda n: _ddim(n),
