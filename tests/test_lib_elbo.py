@@ -101,3 +101,15 @@ def test_elbo_bad_input():
         dl.ddpm_elbo(model, "linear", x)
     with pytest.raises(TypeError, match=r"^model\b"):
         dl.ddpm_elbo(None, S, x)
+
+
+def test_ddpm_elbo_passes_cond_to_every_model_call():
+    s = dl.linear_schedule(T=5, beta_start=0.05, beta_end=0.3)
+    seen = []
+
+    def model(x, t, cond=None):
+        seen.append(cond)
+        return torch.zeros_like(x)
+    cond = torch.tensor([1, 0])
+    dl.ddpm_elbo(model, s, torch.zeros(2, 3), cond=cond, generator=torch.Generator().manual_seed(0))
+    assert len(seen) == s.T and all(c is cond for c in seen)

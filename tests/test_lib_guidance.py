@@ -159,3 +159,18 @@ def test_guidance_error_messages_name_argument_and_value():
         dl.cfg_eps(torch.full((2, 2), float("nan")), x, 1.0)
     with pytest.raises(ValueError, match=r"^eps_cond must be finite"):
         dl.cfg_eps(x, torch.full((2, 2), float("nan")), 1.0)
+
+
+def test_classifier_grad_checks_logits_and_label_range():
+    x = torch.zeros(2, 2)
+    t = torch.zeros(2, dtype=torch.long)
+    three = lambda y, t: torch.zeros(y.shape[0], 3) + y.sum(1, keepdim=True)  # noqa: E731
+    dl.classifier_grad(three, x, t, torch.tensor([0, 2]))   # the last class is a valid label
+    with pytest.raises(ValueError, match=r"^cond labels must be in \[0, 2\], got 0..3$"):
+        dl.classifier_grad(three, x, t, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"^cond labels must be in \[0, 2\], got -1..1$"):
+        dl.classifier_grad(three, x, t, torch.tensor([-1, 1]))
+    with pytest.raises(ValueError, match=r"^classifier must return logits of shape \(2, num_classes\), got \(2,\)$"):
+        dl.classifier_grad(lambda y, t: y.sum(1), x, t, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"^classifier must return logits of shape \(2, num_classes\), got \(1, 3\)$"):
+        dl.classifier_grad(lambda y, t: torch.zeros(1, 3) + y.sum(), x, t, torch.tensor([0, 1]))

@@ -133,3 +133,23 @@ def test_schedule_rejects_bad_betas(betas):
 def test_schedule_rejects_non_tensor_betas():
     with pytest.raises(TypeError, match=r"^betas\b"):
         dl.Schedule([0.1, 0.2])
+
+
+def test_schedule_factories_defaults_smallest_T_and_messages():
+    d = dl.make_schedule()
+    assert d.name == "linear" and d.T == 1000
+    torch.testing.assert_close(d.betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
+    # T = 2 scales Ho et al.'s betas by 500: beta_end = 10 is capped at 0.999 (a cap >= 1 is refused)
+    torch.testing.assert_close(dl.make_schedule("linear", 2).betas, torch.tensor([0.05, 0.999], dtype=torch.float64))
+    assert dl.make_schedule("linear", 1).T == 1 and dl.cosine_schedule(T=1).T == 1
+    c = dl.cosine_schedule()
+    assert c.T == 1000
+    torch.testing.assert_close(c.betas, dl.cosine_schedule(1000, 0.008, 0.999).betas)
+    with pytest.raises(ValueError, match=r"^T must be an integer in \[1, inf\], got 0$"):
+        dl.make_schedule("linear", 0)
+    with pytest.raises(ValueError, match=r"^T must be an integer in \[1, inf\], got 0$"):
+        dl.cosine_schedule(T=0)
+    with pytest.raises(ValueError, match=r"^s must be in \[0, inf\], got -1.0$"):
+        dl.cosine_schedule(T=10, s=-1.0)
+    with pytest.raises(ValueError, match=r"^max_beta must be in \(0, 1\), got 1.0$"):
+        dl.cosine_schedule(T=10, max_beta=1.0)

@@ -404,3 +404,38 @@ def test_ddpm_score_model_passes_cond_and_ddpm_sigmas_limits():
         dl.eps_to_score(torch.tensor([[float("nan")]]), s, 1)
     with pytest.raises(TypeError, match=r"^score_model must be callable as score_model\(x, sigma\), got int$"):
         dl.dsm_loss(3, torch.zeros(2, 2), [1.0])
+
+
+def test_geometric_sigmas_defaults_and_exact_bounds():
+    torch.testing.assert_close(dl.geometric_sigmas(), torch.exp(torch.linspace(math.log(5.0), math.log(0.01), 10)))
+    assert dl.geometric_sigmas(2.0, 2.0, 1).tolist() == pytest.approx([2.0])   # sigma_min = sigma_max, n = 1
+    with pytest.raises(ValueError, match=r"^sigma_max must be in \(0, inf\], got 0.0$"):
+        dl.geometric_sigmas(0.0, 0.01, 3)
+    with pytest.raises(ValueError, match=r"^sigma_min must be in \(0, inf\], got 0.0$"):
+        dl.geometric_sigmas(1.0, 0.0, 3)
+    with pytest.raises(ValueError, match=r"^n must be an integer in \[1, inf\], got 0$"):
+        dl.geometric_sigmas(1.0, 0.1, 0)
+
+
+def test_langevin_samplers_argument_messages_and_bounds():
+    score = lambda x, sigma=None: -x  # noqa: E731
+    x = torch.zeros(3, 2)
+    dl.annealed_langevin_sample(lambda y, s: -y, [1.0], x, 0.1, 1, generator=_gen(1))   # one step per level is allowed
+    with pytest.raises(ValueError, match=r"^step_size must be in \(0, inf\], got 0.0$"):
+        dl.annealed_langevin_sample(lambda y, s: -y, [1.0], x, 0.0, 1)
+    with pytest.raises(ValueError, match=r"^n_steps_each must be an integer in \[1, inf\], got 0$"):
+        dl.annealed_langevin_sample(lambda y, s: -y, [1.0], x, 0.1, 0)
+    with pytest.raises(TypeError, match=r"^callback must be callable or None, got int$"):
+        dl.annealed_langevin_sample(lambda y, s: -y, [1.0], x, 0.1, 1, callback=3)
+    with pytest.raises(TypeError, match=r"^generator must be a torch.Generator or None, got int$"):
+        dl.annealed_langevin_sample(lambda y, s: -y, [1.0], x, 0.1, 1, generator=3)
+    with pytest.raises(TypeError, match=r"^score_model must be callable as score_model\(x, sigma\), got int$"):
+        dl.annealed_langevin_sample(3, [1.0], x, 0.1, 1)
+    with pytest.raises(TypeError, match=r"^generator must be a torch.Generator or None, got int$"):
+        dl.langevin_sample(score, x, 0.1, 1, generator=3)
+    with pytest.raises(TypeError, match=r"^score_fn must be callable, got int$"):
+        dl.langevin_sample(3, x, 0.1, 1)
+    with pytest.raises(ValueError, match=r"^n_steps must be an integer in \[0, inf\], got -1$"):
+        dl.langevin_sample(score, x, 0.1, -1)
+    with pytest.raises(ValueError, match=r"\(step 0\)$"):
+        dl.langevin_sample(lambda y: y[:, :1], x, 0.1, 1)
