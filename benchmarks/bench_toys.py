@@ -4,8 +4,9 @@
 
 For each toy it prints the training time, and the sliced Wasserstein distance (256 projections)
 between 20,000 samples and 20,000 fresh data points for DDPM with 1000 steps and DDIM with
-50, 20 and 10 steps, next to the noise floor: the same distance between two independent
-data samples. Targets (issue 2): training <= 60 s on a 2-core CPU, DDPM-1000 <= 2x the
+50, 20 and 10 steps, next to the noise floor: the MEAN distance of 8 independent data samples to
+the same reference (one pair varies by about +-25% at 20,000 points, so a one-pair floor is a
+noisy yardstick; issue 19). Targets (issue 2): training <= 60 s on a 2-core CPU, DDPM-1000 <= 2x the
 floor, DDIM-50 <= 1.25x DDPM-1000. Speed is measured here, never in the tests.
 """
 import argparse
@@ -20,12 +21,12 @@ import diffusion_lab as dl
 def run(toy: str, n: int, device: torch.device) -> dict:
     data, _ = dl.make_toy(toy, n, torch.Generator().manual_seed(0))
     ref, _ = dl.make_toy(toy, n, torch.Generator().manual_seed(1))
-    ref2, _ = dl.make_toy(toy, n, torch.Generator().manual_seed(2))
 
     def sw(a, b):
         return dl.sliced_wasserstein(a.cpu(), b, n_projections=256, generator=torch.Generator().manual_seed(3))
 
-    row = {"toy": toy, "floor": sw(ref2, ref)}
+    floors = [sw(dl.make_toy(toy, n, torch.Generator().manual_seed(10 + i))[0], ref) for i in range(8)]
+    row = {"toy": toy, "floor": sum(floors) / len(floors)}
     t0 = time.perf_counter()
     model, losses = dl.train_ddpm(data, progress=False, device=device)
     if device.type == "cuda":

@@ -16,7 +16,8 @@ from .guidance import cfg, cfg_eps, classifier_grad, classifier_guidance
 from .nets import NoisyClassifier, TimeMLP, UNet, make_denoiser, timestep_embedding
 from .vae import VAE, vae_loss
 from . import data
-from .data import labelled_mixture, load_digits, load_mnist, make_toy, read_idx, swiss_roll, two_moons
+from .data import (checkerboard, labelled_mixture, load_digits, load_mnist, make_toy, read_idx, swiss_roll, thin_ring,
+                   two_moons)
 from .metrics import DigitsClassifier, classifier_accuracy, mmd, sliced_wasserstein, train_digits_classifier
 from .elbo import ddpm_elbo
 from .train import (EMA, TrainConfig, TrainingDivergedError, train_classifier, train_ddpm, train_score_model,
@@ -31,5 +32,9 @@ from .discrete import discrete_model
 from .ode import ode_sample
 from .flow import (VelocityMLP, VelocityUNet, flow_matching_loss, make_velocity_net, ot_coupling, reflow_pairs,
                    straightness, train_flow)
+from .sde import sde_sample
+from .likelihood import bits_per_dim, ode_log_likelihood
+from .dpm_solver import dpm_solver_sample
+from .edm import edm_sample, karras_sigmas
 
 __version__ = "0.1.0"

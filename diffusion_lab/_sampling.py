@@ -25,9 +25,10 @@ class ModelCaller:
         self.model, self.cond, self.shape = model, cond, tuple(shape)
         self.sync_free = torch.device(device).type != "cpu"
         self.flags = []
+        self.time_dtype = None          # None: t in x's dtype (continuous time); torch.long for integer timesteps
 
     def __call__(self, x: torch.Tensor, t: float, step: int) -> torch.Tensor:
-        out = self.model(x, torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device), self.cond)
+        out = self.model(x, torch.full((x.shape[0],), t, dtype=self.time_dtype or x.dtype, device=x.device), self.cond)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != self.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"model output at step {step} (t = {t:.4g}) must have shape {self.shape}, got {got}")

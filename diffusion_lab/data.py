@@ -17,7 +17,7 @@ import torch
 from ._checks import check_int, check_number, randn
 from .mixtures import GaussianMixture, ring_mixture
 
-TOYS = ("moons", "swiss_roll", "ring", "mixture")
+TOYS = ("moons", "swiss_roll", "ring", "mixture", "checkerboard", "thin_ring")
 
 
 def two_moons(n: int, noise: float = 0.05, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -41,6 +41,28 @@ def swiss_roll(n: int, noise: float = 0.03, generator: torch.Generator | None = 
     return (pts + noise * randn((n, 2), generator, device="cpu")).float()
 
 
+def checkerboard(n: int, cells: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform on the dark squares of a cells x cells board on [-2, 2]^2: a density with sharp edges and
+    corners (no noise). Shape (n, 2)."""
+    n = check_int("n", n, low=1)
+    cells = check_int("cells", cells, low=2)
+    cx = torch.randint(0, cells, (n,), generator=generator)
+    cy = 2 * torch.randint(0, (cells + 1) // 2, (n,), generator=generator) + cx % 2   # same parity as cx
+    cy = torch.where(cy >= cells, cy - 2, cy)
+    u = torch.rand(n, 2, generator=generator)
+    return ((torch.stack([cx, cy], 1) + u) * (4.0 / cells) - 2.0).float()
+
+
+def thin_ring(n: int, radius: float = 1.5, width: float = 0.02, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A circle of `radius` blurred by Gaussian noise of std `width`: a thin structure. Shape (n, 2)."""
+    n = check_int("n", n, low=1)
+    radius = check_number("radius", radius, low=0, low_open=True)
+    width = check_number("width", width, low=0)
+    ang = 2 * math.pi * torch.rand(n, generator=generator)
+    pts = radius * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
+    return (pts + width * randn((n, 2), generator, device="cpu")).float()
+
+
 def labelled_mixture() -> GaussianMixture:
     """Three overlapping labelled Gaussian classes in 2-D (the guidance chapter's toy)."""
     means = [[-1.0, -0.6], [1.0, -0.6], [0.0, 1.1]]
@@ -57,6 +79,10 @@ def make_toy(name: str, n: int, generator: torch.Generator | None = None):
         return ring_mixture().sample(n, generator)[0], None
     if name == "mixture":
         return labelled_mixture().sample_labelled(n, generator)
+    if name == "checkerboard":
+        return checkerboard(n, generator=generator), None
+    if name == "thin_ring":
+        return thin_ring(n, generator=generator), None
     raise ValueError(f"name must be one of {TOYS}, got {name!r}")
 
 

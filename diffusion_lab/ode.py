@@ -3,12 +3,11 @@ on the path x_t = alpha x0 + sigma eps), solved from t = t_max to t = 0 with Eul
 DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2). One right-hand side serves every path and prediction."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ._checks import check_int
 from ._sampling import check_path, start
+from .dpm_solver import dpmpp_2m_update
 from .predictions import to_pair
 
 METHODS = ("euler", "heun", "rk4", "dpm++2m")
@@ -36,10 +35,6 @@ def check_start(path, prediction):
     if a == 0 and prediction in ("eps", "score"):
         raise ValueError(f"prediction {prediction!r} cannot give x0 where alpha(t) = 0 (t_max = {path.t_max}); "
                          "use a path with t_max < 1, e.g. linear_path(t_max=0.999), or an x0/v/velocity model")
-
-
-def _lam(c):
-    return math.log(c[0] / c[1]) if c[0] > 0 else -math.inf
 
 
 @torch.no_grad()
@@ -82,10 +77,8 @@ def ode_sample(model, path, shape, steps: int = 50, method: str = "heun", predic
             k4, _ = velocity(x + h * k3, tn, cn, i)
             x_new = x + h / 6 * (u + 2 * k2 + 2 * k3 + k4)
         else:                                        # DPM-Solver++(2M) in lambda = log(alpha / sigma)
-            hl = _lam(cn) - _lam(c)                  # infinite from alpha = 0: then the step is first order
-            d = x0 if x0_prev is None else (1 + hl / (2 * h_prev)) * x0 - hl / (2 * h_prev) * x0_prev
-            x_new = cn[1] / c[1] * x - cn[0] * math.expm1(-hl) * d    # Lu et al. 2022b, Eq. 18 with D of Alg. 2
-            x0_prev, h_prev = x0, hl
+            x_new, h_prev = dpmpp_2m_update(x, x0, x0_prev, c, cn, h_prev)
+            x0_prev = x0
         if callback is not None:
             callback({"i": i, "t": t, "t_next": tn, "x": x_new, "x0_hat": x0})
         x = x_new

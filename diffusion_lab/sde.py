@@ -1,0 +1,43 @@
+"""The reverse-time SDE dx = [f(t) x - g(t)^2 score(x, t)] dt + g(t) dw-bar (Anderson 1982; Song et al. 2021,
+Eq. 6), integrated from t = t_max to 0 by Euler-Maruyama; the last step, into t = 0, is the denoiser."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import check_int, randn
+from ._sampling import check_path, start
+from .ode import check_start, coefficients, time_grid
+from .predictions import to_pair
+
+
+@torch.no_grad()
+def sde_sample(model, path, shape, steps: int = 500, prediction: str = "eps", cond=None,
+               generator: torch.Generator | None = None, x_T: torch.Tensor | None = None, callback=None, *,
+               device=None) -> torch.Tensor:
+    """Sample with `steps` network calls over time_grid(path, steps) (uniform in t, t_max to t_min, then 0):
+    x <- x + (f x - g^2 score) h + g sqrt(-h) z with h = t_next - t < 0. callback gets
+    {"i", "t", "t_next", "x", "x0_hat"}."""
+    check_path(path)
+    steps = check_int("steps", steps, low=1)
+    check_start(path, prediction)
+    x, call = start(model, shape, prediction, cond, generator, x_T, callback, device, float(path.sigma(path.t_max)))
+    ts = time_grid(path, steps)
+    C = coefficients(path, ts)
+    t64 = torch.tensor(ts[:-1], dtype=torch.float64).clamp(min=1e-12)
+    f, g2 = path.f(t64).tolist(), path.g2(t64).tolist()
+    for i in range(steps):
+        t, tn, c = ts[i], ts[i + 1], C[i]
+        x0, eps = to_pair(call(x, t, i), x, prediction, *c)
+        if tn == 0:
+            x_new = x0
+        else:
+            h = tn - t
+            score = -eps / c[1]
+            x_new = x + (f[i] * x - g2[i] * score) * h + math.sqrt(g2[i] * -h) * randn(x.shape, generator, device=x.device, dtype=x.dtype)
+        if callback is not None:
+            callback({"i": i, "t": t, "t_next": tn, "x": x_new, "x0_hat": x0})
+        x = x_new
+    call.finish()
+    return x
