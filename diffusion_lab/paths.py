@@ -53,7 +53,6 @@ class GaussianPath:
     def t_of_ratio(self, r) -> torch.Tensor:
         """The t at which sigma(t) / alpha(t) = r (EDM's sigma), by bisection in float64 (r increases with t)."""
         r = torch.as_tensor(r, dtype=torch.float64).cpu()
-        lo, hi = torch.zeros_like(r), torch.ones_like(r)
         r_lo, r_hi = self.sigma(self.t_min) / self.alpha(self.t_min), self.sigma(self.t_max) / self.alpha(self.t_max)
         if bool((r < r_lo * (1 - 1e-6)).any()) or bool((r > r_hi * (1 + 1e-6)).any()):   # float32 sigmas pass
             raise ValueError(f"r must be in this path's range [{float(r_lo):.4g}, {float(r_hi):.4g}] "
