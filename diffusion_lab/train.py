@@ -40,6 +40,7 @@ class TrainConfig:
     # DDPM only
     T: int = 1000
     schedule: str = "linear"         # "linear" or "cosine"
+    # DDPM and flow matching (train_flow)
     p_uncond: float = 0.1            # label dropout for classifier-free guidance (used when labels are given)
     net: dict = field(default_factory=dict)  # keyword arguments for the network (e.g. hidden=256)
 

@@ -8,8 +8,14 @@ import diffusion_lab as dl
 diffusers = pytest.importorskip("diffusers")
 
 
+@pytest.fixture(scope="module")
+def model():
+    x, _ = dl.make_toy("moons", 2000, torch.Generator().manual_seed(0))
+    return dl.train_flow(x, steps=150, batch_size=256, progress=False, net={"hidden": 32, "depth": 2})[0]
+
+
 @pytest.mark.parametrize("steps", [1, 4, 20])
-def test_flow_match_euler_scheduler_matches_ode_sample(steps):
+def test_flow_match_euler_scheduler_matches_ode_sample(model, steps):
     """Grid: ode_sample's linear-path grid t_i = 1 - i / steps, i = 0..steps (time_grid(linear_path(), steps)); diffusers
     gets the same values as its sigmas (shift 1, set_timesteps(sigmas=t_0..t_{steps-1}), then it appends sigma = 0),
     and calls the transformer with timestep = 1000 sigma, so the wrapper below passes t = timestep / 1000.
@@ -17,8 +23,6 @@ def test_flow_match_euler_scheduler_matches_ode_sample(steps):
     (diffusers' step: x <- x + (sigma_next - sigma) v). Same start x_T, float32: max difference < 1e-5 (measured 0, 2.4e-7
     and 4.2e-7 at 1, 4, 20 steps: float32 sigmas against float64 ones). A flipped velocity sign differs by ~6, and
     diffusers' default grid (set_timesteps(steps): sigmas from 1 to 1/1000, not to 0) by 0.34 at 4 steps, 0.04 at 20."""
-    x, _ = dl.make_toy("moons", 2000, torch.Generator().manual_seed(0))
-    model, _ = dl.train_flow(x, steps=150, batch_size=256, progress=False, net={"hidden": 32, "depth": 2})
     x_T = torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
     ours = dl.ode_sample(model, dl.linear_path(), (500, 2), steps=steps, method="euler", prediction="velocity", x_T=x_T)
 
