@@ -30,8 +30,6 @@ from .paths import GaussianPath, LinearPath, SchedulePath, VEPath, VPPath, linea
 from .predictions import PREDICTIONS, convert_prediction
 from .discrete import discrete_model
 from .ode import ode_sample
-from .flow import (VelocityMLP, VelocityUNet, flow_matching_loss, make_velocity_net, ot_coupling, reflow_pairs,
-                   straightness, train_flow)
 from .sde import sde_sample
 from .likelihood import bits_per_dim, ode_log_likelihood
 from .dpm_solver import dpm_solver_sample
