@@ -62,8 +62,12 @@ class Conditioning(nn.Module):
         # The range check reads the labels on the host. On the CPU that is free; on an accelerator it is a
         # device-to-host sync, and a sampler passes the same cond tensor at every step, so there it runs
         # once per cond tensor (and again if the tensor is modified in place: its version counter moves).
+        # In training mode on an accelerator it is skipped: every batch brings new labels, and the package's
+        # trainers check all labels once before the loop (an out-of-range label would still fail in the
+        # embedding lookup, with the device's own index error).
         seen = self._checked_cond
-        if cond.device.type == "cpu" or seen is None or seen[0]() is not cond or seen[1] != cond._version:
+        on_cpu = cond.device.type == "cpu"
+        if on_cpu or (not self.training and (seen is None or seen[0]() is not cond or seen[1] != cond._version)):
             if int(cond.min()) < 0 or int(cond.max()) > self.num_classes:
                 raise ValueError(f"cond labels must be in [0, {self.num_classes}] ({self.num_classes} = null), "
                                  f"got {cond.min().item()}..{cond.max().item()}")

@@ -360,11 +360,16 @@ def _train(kind, steps, **kw):
         if kind == "classifier":
             return dl.train_classifier(x, y, steps=steps, device=FAKE, net=dict(hidden=16, depth=1, emb_dim=8),
                                        **TINY, **kw)[1]
+        if kind == "flow":
+            return dl.train_flow(x, steps=steps, device=FAKE, net=dict(hidden=16, depth=1, emb_dim=8), **TINY, **kw)[1]
+        if kind == "flow cond, logit-normal t":
+            return dl.train_flow(x, y, steps=steps, device=FAKE, t_sampling="logit_normal",
+                                 net=dict(hidden=16, depth=1, emb_dim=8), **TINY, **kw)[1]
         raise AssertionError(kind)
     return run
 
 
-TRAINERS = ["ddpm", "ddpm cond", "score", "vae", "classifier"]
+TRAINERS = ["ddpm", "ddpm cond", "score", "vae", "classifier", "flow", "flow cond, logit-normal t"]
 
 
 @pytest.mark.parametrize("kind", TRAINERS)
