@@ -86,8 +86,8 @@ def flow_matching_loss(model, x0: torch.Tensor, cond=None, generator: torch.Gene
 
 def ot_coupling(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """eps reordered so that the pairs (x0_i, eps_i) minimise sum_i |x0_i - eps_i|^2 over all permutations:
-    the exact minibatch OT plan (Tong et al. 2023, Sec. 3.2), by the Hungarian method (scipy). On an
-    accelerator the cost matrix comes to the host: one sync per batch."""
+    the exact minibatch OT plan (Tong et al. 2023, Sec. 3.2), by the Hungarian method (scipy). Given tensors
+    on an accelerator, the cost matrix comes to the host (a sync); train_flow avoids that by coupling on the host."""
     from scipy.optimize import linear_sum_assignment
     cost = torch.cdist(x0.detach().flatten(1).double().cpu(), eps.detach().flatten(1).double().cpu()) ** 2  # (B, B)
     rows, cols = linear_sum_assignment(cost.numpy())             # rows = 0..B-1 for a square matrix
@@ -122,14 +122,20 @@ def train_flow(data: torch.Tensor, labels: torch.Tensor | None = None, config: T
     model, device, x_all, y_all, num_classes = setup(
         data, labels, config, model, lambda k: make_velocity_net(data.shape[1:], num_classes=k, **config.net), device)
     e_all = pairs.to(device) if pairs is not None else None
+    # Minibatch OT is solved on the host (scipy): keep a host copy of the data, draw the noise there (as randn
+    # does anyway with the CPU generator) and move the coupled noise, so an accelerator never waits for a read-back.
+    x_host = x_all.cpu() if coupling == "ot" else None
 
     def loss_fn(idx, g):                      # data checked once above: no per-step checks
-        idx = idx.to(device, non_blocking=True)
-        cond = dropped_labels(y_all, idx, g, config.p_uncond, num_classes)
-        x0 = x_all[idx]
-        eps = e_all[idx] if e_all is not None else randn(x0.shape, g, device=device, dtype=x0.dtype)
+        cond = dropped_labels(y_all, idx.to(device, non_blocking=True), g, config.p_uncond, num_classes)
         if coupling == "ot":
-            eps = ot_coupling(x0, eps)
+            x0_host = x_host[idx]
+            eps = ot_coupling(x0_host, randn(x0_host.shape, g, device="cpu", dtype=x0_host.dtype))
+            x0, eps = x0_host.to(device, non_blocking=True), eps.to(device, non_blocking=True)
+        else:
+            idx = idx.to(device, non_blocking=True)
+            x0 = x_all[idx]
+            eps = e_all[idx] if e_all is not None else randn(x0.shape, g, device=device, dtype=x0.dtype)
         return _flow_loss(model, x0, cond, g, t_sampling, eps)
     return fit(model, loss_fn, config, data.shape[0], desc="train_flow", callback=callback)
 

@@ -362,6 +362,9 @@ def _train(kind, steps, **kw):
                                        **TINY, **kw)[1]
         if kind == "flow":
             return dl.train_flow(x, steps=steps, device=FAKE, net=dict(hidden=16, depth=1, emb_dim=8), **TINY, **kw)[1]
+        if kind == "flow, minibatch OT":
+            return dl.train_flow(x, steps=steps, device=FAKE, coupling="ot", net=dict(hidden=16, depth=1, emb_dim=8),
+                                 **TINY, **kw)[1]
         if kind == "flow cond, logit-normal t":
             return dl.train_flow(x, y, steps=steps, device=FAKE, t_sampling="logit_normal",
                                  net=dict(hidden=16, depth=1, emb_dim=8), **TINY, **kw)[1]
@@ -369,7 +372,7 @@ def _train(kind, steps, **kw):
     return run
 
 
-TRAINERS = ["ddpm", "ddpm cond", "score", "vae", "classifier", "flow", "flow cond, logit-normal t"]
+TRAINERS = ["ddpm", "ddpm cond", "score", "vae", "classifier", "flow", "flow, minibatch OT", "flow cond, logit-normal t"]
 
 
 @pytest.mark.parametrize("kind", TRAINERS)
