@@ -146,3 +146,14 @@ class FiniteWatch:
             i = int(self.first_bad)             # the one sync, after the loop
             if i >= 0:
                 raise ValueError(self.message(self.wheres[i]))
+
+
+def check_noise(noise, xt: torch.Tensor, required: str):
+    """The noise a stochastic step adds: required (else ValueError with the message `required`), finite,
+    of xt's shape and on xt's device."""
+    if noise is None:
+        raise ValueError(required)
+    check_tensor("noise", noise)
+    if noise.shape != xt.shape:
+        raise ValueError(f"noise must have xt's shape {tuple(xt.shape)}, got {tuple(noise.shape)}")
+    check_same_device(xt=xt, noise=noise)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ._checks import (check_callback, check_generator, check_int, check_number, check_same_device, check_shape,
+from ._checks import (check_callback, check_generator, check_int, check_noise, check_number, check_same_device, check_shape,
                       check_tensor, randn)
 from .ddpm import _call, _check_cond, _check_model, model_device, model_watch
 from .forward import _check_schedule
@@ -140,12 +140,7 @@ def ddim_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t, t_prev
     if (t.ndim and t.shape[0] != xt.shape[0]) or (t_prev.ndim and t_prev.shape[0] != xt.shape[0]):
         raise ValueError(f"t and t_prev must be ints or have shape ({xt.shape[0]},)")
     if eta > 0:
-        if noise is None:
-            raise ValueError("noise is required when eta > 0 (pass a standard normal tensor of xt's shape)")
-        check_tensor("noise", noise)
-        if noise.shape != xt.shape:
-            raise ValueError(f"noise must have xt's shape {tuple(xt.shape)}, got {tuple(noise.shape)}")
-        check_same_device(xt=xt, noise=noise)
+        check_noise(noise, xt, "noise is required when eta > 0 (pass a standard normal tensor of xt's shape)")
     t, t_prev = torch.broadcast_tensors(t.cpu(), t_prev.cpu())   # float64 work on the CPU, then cast and move
     coef = tuple(_broadcast_to(to_working(c, xt), xt) for c in _ddim_coefficients(schedule, t, t_prev, eta))
     return _ddim_update(coef, xt, eps, noise if eta > 0 else None, clip_x0)[0]

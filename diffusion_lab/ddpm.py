@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ._checks import (FiniteWatch, check_callback, check_generator, check_number, check_same_device, check_same_shape,
+from ._checks import (FiniteWatch, check_callback, check_generator, check_noise, check_number, check_same_shape,
                       check_shape, check_tensor, randn)
 from .forward import _check_schedule, _q_sample
 from .schedules import Schedule, to_working
@@ -99,12 +99,7 @@ def ddpm_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t: int, n
     check_tensor("eps", eps)
     check_same_shape(xt=xt, eps=eps)
     if t > 0:
-        if noise is None:
-            raise ValueError("noise is required for t >= 1 (pass a standard normal tensor of the input's shape)")
-        check_tensor("noise", noise)
-        if noise.shape != xt.shape:
-            raise ValueError(f"noise must have xt's shape {tuple(xt.shape)}, got {tuple(noise.shape)}")
-        check_same_device(xt=xt, noise=noise)
+        check_noise(noise, xt, "noise is required for t >= 1 (pass a standard normal tensor of the input's shape)")
     coef = _ddpm_coefficients(schedule, variance, xt, torch.tensor([t]))[0]
     return _ddpm_update(coef, xt, eps, noise if t > 0 else None, clip_x0)
 
