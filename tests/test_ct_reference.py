@@ -129,7 +129,10 @@ def test_rk4_matches_scipy_solve_ivp():
     def f(t, y):
         x = torch.from_numpy(y).reshape(64, 2)
         return model(x, torch.full((64,), t, dtype=torch.float64)).reshape(-1).numpy()
-    sol = integrate.solve_ivp(f, (ts[0], ts[-2]), x_T.reshape(-1).numpy(), method="RK45", rtol=1e-10, atol=1e-10)
+    # first_step given: scipy < 1.11 picks the first step without capping it at the interval, and probed
+    # the ODE at t = -21.9 (outside the path's [0, 1]) on scipy 1.9.3, the lower bound in pyproject.toml
+    sol = integrate.solve_ivp(f, (ts[0], ts[-2]), x_T.reshape(-1).numpy(), method="RK45", rtol=1e-10, atol=1e-10,
+                              first_step=1e-4)
     x_min = torch.from_numpy(sol.y[:, -1]).reshape(64, 2)
     ref = GM.path_model(path, "x0")(x_min, torch.full((64,), ts[-2], dtype=torch.float64))
     ours = dl.ode_sample(model, path, (64, 2), steps=steps, method="rk4", prediction="velocity", x_T=x_T)
