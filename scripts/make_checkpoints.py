@@ -6,6 +6,7 @@
 Each is made by the package's own trainers with the settings below, seeded, and records the
 command that made it in its meta["command"]. Times on a 2-core CPU are a few minutes each.
 """
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,9 @@ import diffusion_lab as dl
 from diffusion_lab.cli import main as cli_main
 
 OUT = Path(dl.__file__).parent / "checkpoints"
+# The CLI records its own argv in meta["command"]: give it the output path relative to the
+# working directory (the repository root), so no machine's absolute path is stored or printed.
+OUT_ARG = Path(os.path.relpath(OUT))
 COMMAND = "python scripts/make_checkpoints.py {name}"
 
 
@@ -26,11 +30,11 @@ DENOISER = ["--arch", "mlp", "--width", "256", "--depth", "4", "--steps", "4000"
 
 
 def digits_ddpm():
-    cli_main(["train", "--data", "digits", *DENOISER, "--out", str(OUT / "digits_ddpm.pt")])
+    cli_main(["train", "--data", "digits", *DENOISER, "--out", str(OUT_ARG / "digits_ddpm.pt")])
 
 
 def digits_cfg():
-    cli_main(["train", "--data", "digits", "--conditional", *DENOISER, "--out", str(OUT / "digits_cfg.pt")])
+    cli_main(["train", "--data", "digits", "--conditional", *DENOISER, "--out", str(OUT_ARG / "digits_cfg.pt")])
 
 
 def digits_noisy_classifier():

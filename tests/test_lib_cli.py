@@ -84,3 +84,20 @@ def test_python_dash_m_entry_point():
     # a bad subcommand through the same entry point: argparse's usage error, status 2
     bad = subprocess.run([sys.executable, "-m", "diffusion_lab", "frobnicate"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "frobnicate" in bad.stderr
+
+
+def test_shipped_checkpoints_record_a_portable_command():
+    """Every shipped checkpoint records the command that made it, with no machine's absolute path
+    (chapter 10 prints these commands; an absolute --out path leaked /work/main into the book)."""
+    from pathlib import Path
+    import shlex
+
+    import torch
+
+    ckpts = sorted((Path(dl.__file__).parent / "checkpoints").glob("*.pt"))
+    assert ckpts
+    for path in ckpts:
+        meta = torch.load(path, map_location="cpu", weights_only=False)["meta"]
+        words = shlex.split(meta["command"])
+        assert words[0] == "python", (path.name, meta["command"])
+        assert not [w for w in words if w.startswith("/")], (path.name, meta["command"])
