@@ -32,7 +32,7 @@ def cmd_train(args) -> int:
     if not args.conditional:
         y = None
     elif y is None:
-        raise SystemExit(f"error: --conditional needs labelled data (digits or mixture), got --data {args.data}")
+        raise ValueError(f"--conditional needs labelled data (digits or mixture), got --data {args.data}")
     defaults = TrainConfig()
     mlp = x.ndim == 2 or args.arch == "mlp"
     net = {"arch": args.arch} if x.ndim == 4 else {}
@@ -59,7 +59,7 @@ def cmd_sample(args) -> int:
     cond = None
     if args.label is not None:
         if not meta.get("num_classes"):
-            raise SystemExit("error: --label needs a class-conditional checkpoint (trained with --conditional)")
+            raise ValueError(f"--label needs a class-conditional checkpoint (trained with --conditional), got {args.ckpt}")
         cond = torch.full((args.n,), args.label, dtype=torch.long)
         model = cfg(model, args.guidance)
     if args.sampler == "ddpm":
