@@ -245,3 +245,35 @@ def test_pretrained_digits_sample_through_dpm_solver_and_the_adapter():
     b = dl.ode_sample(dl.discrete_model(guided, s), dl.schedule_path(s), (200, 1, 8, 8), steps=20, method="dpm++2m",
                       cond=cond, x_T=x_T)
     assert dl.classifier_accuracy(judge, a, cond) >= 0.95 and dl.classifier_accuracy(judge, b, cond) >= 0.95
+
+
+@pytest.mark.parametrize("name", ["ve", "vp"])
+@pytest.mark.parametrize("method", ["heun", "euler"])
+def test_edm_churn_replays_algorithm_2_by_hand(name, method):
+    """Algorithm 2 of Karras et al. 2022 written out for data N(0, I), whose denoiser is D(x~; s) = x~ / (1 + s^2):
+    gamma = churn / N inside [s_tmin, s_tmax] (closed: two levels on its ends, the first and last outside), s_hat = (1 + gamma) s,
+    noise sqrt(s_hat^2 - s^2) s_noise z, then the Euler/Heun step from s_hat to the next level with D evaluated at
+    s_hat. The model is called at the path's t of s_hat (x0 prediction, x = alpha x~)."""
+    path = PATHS[name]
+
+    def model(x, t, cond=None):
+        a, s = path.alpha(t), path.sigma(t)
+        return (a / (a * a + s * s))[:, None] * x
+    sig, churn, s_noise = [5.0, 2.0, 0.8, 0.3], 1.0, 0.7
+    x_T = 5.0 * torch.randn(3, 2, generator=_gen(50), dtype=torch.float64)
+    out = dl.edm_sample(model, path, (3, 2), sig, prediction="x0", x_T=x_T, generator=_gen(51), method=method,
+                        churn=churn, s_tmin=0.8, s_tmax=2.0, s_noise=s_noise)
+    g, x, levels = _gen(51), x_T.clone(), sig + [0.0]
+    for i in range(4):
+        s, s_next = levels[i], levels[i + 1]
+        gamma = churn / 4 if 0.8 <= s <= 2.0 else 0.0
+        s_hat = (1 + gamma) * s
+        if gamma > 0:
+            x = x + math.sqrt(s_hat ** 2 - s ** 2) * s_noise * torch.randn(3, 2, generator=g, dtype=torch.float64)
+        d = (x - x / (1 + s_hat ** 2)) / s_hat
+        x_new = x + (s_next - s_hat) * d
+        if method == "heun" and s_next > 0:
+            d2 = (x_new - x_new / (1 + s_next ** 2)) / s_next
+            x_new = x + (s_next - s_hat) * (d + d2) / 2
+        x = x_new
+    torch.testing.assert_close(out, x, rtol=1e-9, atol=1e-9)

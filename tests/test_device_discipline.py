@@ -461,3 +461,24 @@ def test_conditional_net_still_rejects_bad_labels_on_a_device():
         cond[2] = 5                      # modified in place: its version moves, so it is checked again
         with pytest.raises(ValueError, match=r"cond labels must be in \[0, 2\]"):
             net(x, t, cond)
+
+
+# ---- mixed devices are named, not left to fail (or to compute) further in ----------------------------------
+def test_arguments_on_different_devices_are_named():
+    # Each call site of check_same_device: one argument on the device, the other on the CPU.
+    s = _schedule(10)
+    cpu = torch.zeros(2, 3)
+    calls = [
+        ("eps", "xt", lambda d: dl.ddim_step(s, d, cpu, 5, 4)),
+        ("noise", "xt", lambda d: dl.ddim_step(s, d, torch.zeros_like(d), 5, 4, eta=1.0, noise=cpu)),
+        ("noise", "xt", lambda d: dl.ddpm_step(s, d, torch.zeros_like(d), 5, noise=cpu)[0]),
+        ("noise", "x0", lambda d: dl.q_sample(s, d, 5, cpu)),
+        ("xt", "x0", lambda d: dl.q_posterior(s, d, cpu, 5)),
+        ("logvar", "mu", lambda d: dl.kl_std_normal(d, cpu)),
+        ("logvar1", "mu1", lambda d: dl.kl_normal(d, cpu, cpu, cpu)),
+        ("mu", "x", lambda d: dl.gaussian_log_prob(d, cpu, cpu)),
+        ("logvar", "mu", lambda d: dl.reparameterize(d, cpu, generator=_gen(0))),
+    ]
+    for second, first, call in calls:
+        with fake_device(), pytest.raises(ValueError, match=rf"^{second} must be on the same device as {first} \(meta\), got cpu$"):
+            call(torch.zeros(2, 3).to(FAKE))

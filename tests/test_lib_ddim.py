@@ -303,10 +303,10 @@ def test_ddim_sample_and_invert_are_silent_unless_progress_is_asked_for(capsys):
     assert capsys.readouterr() == ("", "")
     dl.ddim_sample(_toy_model, S, (2, 2), steps=5, generator=_gen(30), progress=True)
     out, err = capsys.readouterr()
-    assert out == "" and "DDIM" in err and "5/5" in err
+    assert out == "" and "DDIM: 100%" in err and "5/5" in err
     dl.ddim_invert(_toy_model, S, x, steps=5, progress=True)
     out, err = capsys.readouterr()
-    assert out == "" and "DDIM inversion" in err and "5/5" in err
+    assert out == "" and "DDIM inversion: 100%" in err and "5/5" in err
 
 
 @pytest.mark.parametrize("spacing", ["trailing", "leading"])
@@ -337,3 +337,85 @@ def test_ddim_sigma_keeps_the_dtype_of_like():
         dl.ddim_sigma(S, 10, 5, 0.5, torch.tensor([float("nan")]))
     with pytest.raises(ValueError, match=r"^eta must be in \[0, inf\], got -1.0$"):
         dl.ddim_sigma(S, 10, 5, -1.0, like)
+
+
+# ---------------------------------------------------------------------------------------
+# found by mutation testing (CONTRIBUTING.md, "Mutation testing")
+# ---------------------------------------------------------------------------------------
+def test_ddim_sigma_per_row_timesteps_broadcast_against_like():
+    # Per-row t gives sigma of shape (B, 1, ...) with each row's Eq. 16 value; a t of the wrong length is named.
+    like = torch.zeros(3, 2, 2, dtype=torch.float64)
+    t, tp = torch.tensor([19, 7, 3]), torch.tensor([15, -1, 2])
+    s = dl.ddim_sigma(S, t, tp, 0.6, like)
+    assert s.shape == (3, 1, 1)
+    for i in range(3):
+        ab, abp = _ab(int(t[i])), _ab(int(tp[i]))
+        torch.testing.assert_close(s[i, 0, 0], 0.6 * ((1 - abp) / (1 - ab) * (1 - ab / abp)).sqrt())
+    with pytest.raises(ValueError, match=r"^t has 3 entries but the batch has 2$"):
+        dl.ddim_sigma(S, t, tp, 0.6, torch.zeros(2, 4))
+
+
+def test_ddim_step_timestep_messages_are_exact():
+    # int t_prev out of [-1, T - 2] is caught by its own range check (not by a later one with another text);
+    # a tensor t_prev below -1 would index alpha_bar from the end (a silently wrong step): it is refused.
+    with pytest.raises(ValueError, match=r"^t_prev must be an integer in \[-1, 18\], got -2$"):
+        dl.ddim_step(S, X, X, 5, -2)
+    with pytest.raises(ValueError, match=r"^t_prev must be an integer in \[-1, 18\], got 19$"):
+        dl.ddim_step(S, X, X, 19, 19)
+    with pytest.raises(ValueError, match=r"^t_prev must be >= -1 \(-1 means the clean data x_0\), got -2$"):
+        dl.ddim_step(S, X, X, torch.tensor([5, 4]), torch.tensor([-2, 3]))
+    with pytest.raises(TypeError, match=r"^t_prev must hold integer timesteps, got dtype torch.float32$"):
+        dl.ddim_step(S, X, X, 5, torch.tensor([4.0, 3.0]))
+    # either t or t_prev of the wrong length is refused with the batch size named
+    for t, tp in [(torch.tensor([5, 4, 3]), 2), (5, torch.tensor([4, 3, 2]))]:
+        with pytest.raises(ValueError, match=r"^t and t_prev must be ints or have shape \(2,\)$"):
+            dl.ddim_step(S, X, X, t, tp)
+    with pytest.raises(ValueError, match=r"^eps must be finite"):
+        dl.ddim_step(S, X, NAN, 5, 4)
+
+
+def test_ddim_step_eta0_never_uses_noise():
+    # At eta = 0 the noise term is absent, not multiplied by sigma = 0: an inf noise would give NaN.
+    xt, eps = torch.randn(2, 3, generator=_gen(40)), torch.randn(2, 3, generator=_gen(41))
+    out = dl.ddim_step(S, xt, eps, 10, 5, eta=0.0, noise=torch.full((2, 3), float("inf")))
+    torch.testing.assert_close(out, dl.ddim_step(S, xt, eps, 10, 5))
+
+
+def test_ddim_sample_and_invert_default_to_50_steps():
+    s = dl.linear_schedule(T=100)
+    calls = []
+    dl.ddim_sample(_toy_model, s, (2, 1), generator=_gen(42), callback=calls.append)
+    assert len(calls) == 50 and calls[0]["t"] == 99
+    ts = []
+    dl.ddim_invert(lambda x, t, cond=None: ts.append(int(t[0])) or torch.zeros_like(x), s, torch.zeros(2, 1))
+    assert ts == dl.ddim_timesteps(100, 50)[::-1]
+
+
+def test_ddim_sample_clip_x0_replays_the_clipped_step_and_is_checked():
+    g = _gen(43)
+    x = torch.randn(4, 2, generator=g) * 3
+    ts = dl.ddim_timesteps(S.T, 5)
+    for i, t in enumerate(ts):
+        tp = ts[i + 1] if i + 1 < len(ts) else -1
+        x = dl.ddim_step(S, x, _toy_model(x, torch.full((4,), t)), t, tp, clip_x0=0.5)
+    out = dl.ddim_sample(_toy_model, S, (4, 2), steps=5, generator=_gen(0), xT=torch.randn(4, 2, generator=_gen(43)) * 3,
+                         clip_x0=0.5)
+    torch.testing.assert_close(out, x)
+    assert not torch.allclose(out, dl.ddim_sample(_toy_model, S, (4, 2), steps=5, xT=torch.randn(4, 2, generator=_gen(43)) * 3))
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match=rf"^clip_x0 must be in \(0, inf\], got {float(bad)}$"):
+            dl.ddim_sample(_toy_model, S, (2, 3), steps=5, clip_x0=bad)
+    with pytest.raises(TypeError, match=r"^clip_x0 must be a real number"):
+        dl.ddim_sample(_toy_model, S, (2, 3), steps=5, clip_x0="1")
+    # the generator is checked even when no noise is drawn (eta = 0 and xT given)
+    with pytest.raises(TypeError, match=r"^generator\b"):
+        dl.ddim_sample(_toy_model, S, (2, 3), steps=5, xT=torch.zeros(2, 3), generator=1)
+
+
+def test_ddim_invert_names_the_step_of_a_broken_model():
+    def model(x, t, cond=None):
+        return torch.full_like(x, float("nan")) if int(t[0]) == 7 else torch.zeros_like(x)
+    ts = dl.ddim_timesteps(S.T, 10, "trailing")[::-1]       # increasing: 1, 3, 5, 7, ...
+    i = ts.index(7)
+    with pytest.raises(ValueError, match=rf"^model output at step {i} \(t = 7\) is not finite"):
+        dl.ddim_invert(model, S, X, steps=10)

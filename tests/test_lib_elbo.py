@@ -113,3 +113,22 @@ def test_ddpm_elbo_passes_cond_to_every_model_call():
     cond = torch.tensor([1, 0])
     dl.ddpm_elbo(model, s, torch.zeros(2, 3), cond=cond, generator=torch.Generator().manual_seed(0))
     assert len(seen) == s.T and all(c is cond for c in seen)
+
+
+def test_ddpm_elbo_draws_x_t_in_the_data_dtype_one_draw_per_t():
+    # x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) z_t, with z_t the t-th draw of the generator, made in x0's dtype
+    # (float64 here: float32 noise would agree only to float32 rounding).
+    s = dl.linear_schedule(T=4, beta_start=0.05, beta_end=0.3)
+    x0 = torch.randn(3, 2, generator=_gen(20), dtype=torch.float64)
+    seen = []
+
+    def model(x, t, cond=None):
+        seen.append((int(t[0]), x.clone()))
+        return torch.zeros_like(x)
+    dl.ddpm_elbo(model, s, x0, generator=_gen(21))
+    g = _gen(21)
+    assert [t for t, _ in seen] == [0, 1, 2, 3]
+    for t, xt in seen:
+        z = torch.randn(3, 2, generator=g, dtype=torch.float64)
+        ab = s.alpha_bars[t]
+        torch.testing.assert_close(xt, ab.sqrt() * x0 + (1 - ab).sqrt() * z, rtol=0, atol=1e-14)
