@@ -46,10 +46,14 @@ def langevin_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float) -> 
     check_tensor("noise", noise)
     if score.shape != noise.shape:
         raise ValueError(f"noise must have the score's shape {tuple(score.shape)}, got {tuple(noise.shape)}")
-    s_norm = float(score.flatten(1).norm(dim=1).mean())
-    if s_norm == 0:
+    if not bool(score.flatten(1).norm(dim=1).mean() > 0):
         raise ValueError("score is zero for the whole batch: the SNR rule gives no step size")
-    return 2 * (snr * float(noise.flatten(1).norm(dim=1).mean()) / s_norm) ** 2
+    return float(_step_size(score, noise, snr))
+
+
+def _step_size(score, noise, snr):
+    """The SNR rule as a 0-dim tensor on the score's device (no host sync); Song et al.'s code has the same form."""
+    return 2 * (snr * noise.flatten(1).norm(dim=1).mean() / score.flatten(1).norm(dim=1).mean()) ** 2
 
 
 def _correct(call, x, t, c, i, prediction, n_steps, snr, generator):
@@ -58,8 +62,8 @@ def _correct(call, x, t, c, i, prediction, n_steps, snr, generator):
         _, eps_hat = to_pair(call(x, t, i), x, prediction, *c)
         score = -eps_hat / c[1]                                             # Tweedie: s = -eps / sigma
         z = randn(x.shape, generator, device=x.device, dtype=x.dtype)
-        step = langevin_step_size(score, z, snr)
-        x = x + step * score + math.sqrt(2 * step) * z
+        step = _step_size(score, z, snr)                                   # 0-dim, on x's device
+        x = x + step * score + (2 * step).sqrt() * z
     return x
 
 
