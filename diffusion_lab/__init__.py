@@ -31,6 +31,7 @@ from .predictions import PREDICTIONS, convert_prediction
 from .discrete import discrete_model
 from .ode import ode_sample
 from .sde import sde_sample
+from .pc import langevin_correct, langevin_step_size, pc_sample
 from .likelihood import bits_per_dim, ode_log_likelihood
 from .dpm_solver import dpm_solver_sample
 from .edm import edm_sample, karras_sigmas

@@ -273,6 +273,11 @@ def _sde(n):
     return lambda: dl.sde_sample(_ct_net().to(FAKE), dl.vp_path(), (8, 2), steps=n, generator=_gen(0))
 
 
+def _pc(n, predictor="sde"):
+    return lambda: dl.pc_sample(_ct_net().to(FAKE), dl.vp_path(), (8, 2), steps=n, corrector_steps=1,
+                                predictor=predictor, generator=_gen(0))
+
+
 def _edm(n, churn=0.0):
     return lambda: dl.edm_sample(_ct_net().to(FAKE), dl.vp_path(), (8, 2), dl.karras_sigmas(n, sigma_min=0.02, sigma_max=20.0),
                                  generator=_gen(0), churn=churn)
@@ -288,6 +293,8 @@ SAMPLERS = {
     "ode_sample rk4 (linear, velocity)": lambda n: _ode(n, "rk4", "linear"),
     "ode_sample dpm++2m (vp, eps)": lambda n: _ode(n, "dpm++2m"),
     "sde_sample": _sde,
+    "pc_sample (sde predictor + Langevin corrector)": _pc,
+    "pc_sample (ode predictor + Langevin corrector)": lambda n: _pc(n, "ode"),
     "edm_sample heun": _edm,
     "edm_sample churn": lambda n: _edm(n, churn=2.0),
     "dpm_solver_sample": _dpm_solver,
