@@ -29,6 +29,7 @@ from .notation import (alpha_bar_to_sigma, alpha_bar_to_su, cfg_scale_to_w, cfg_
 from .paths import GaussianPath, LinearPath, SchedulePath, VEPath, VPPath, linear_path, schedule_path, ve_path, vp_path
 from .predictions import PREDICTIONS, convert_prediction
 from .discrete import discrete_model
+from .path_change import change_path
 from .ode import ode_sample
 from .sde import sde_sample
 from .pc import langevin_correct, langevin_step_size, pc_sample

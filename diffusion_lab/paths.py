@@ -151,6 +151,15 @@ class LinearPath(GaussianPath):
     def d_sigma(self, t):
         return torch.ones_like(check_time(t))
 
+    def t_of_ratio(self, r) -> torch.Tensor:
+        """Closed form of GaussianPath.t_of_ratio: sigma / alpha = t / (1 - t) = r gives t = r / (1 + r)."""
+        r = torch.as_tensor(r, dtype=torch.float64).cpu()
+        r_hi = self.t_max / (1 - self.t_max) if self.t_max < 1 else math.inf
+        if bool((r < 0).any()) or bool((r > r_hi * (1 + 1e-6)).any()):
+            raise ValueError(f"r must be in this path's range [0, {r_hi:.4g}] (sigma/alpha up to t_max = {self.t_max}), "
+                             f"got {float(r.min()):.4g} to {float(r.max()):.4g}")
+        return torch.where(torch.isinf(r), torch.ones_like(r), r / (1 + r)).clamp(max=self.t_max)
+
 
 @dataclass(frozen=True, eq=False)
 class SchedulePath(GaussianPath):

@@ -74,7 +74,19 @@ def digits_flow():
                         "final_loss": sum(losses[-100:]) / 100, "command": COMMAND.format(name="digits_flow")})
 
 
-ALL = {f.__name__: f for f in (digits_ddpm, digits_cfg, digits_noisy_classifier, digits_judge, digits_vae, digits_flow)}
+# The class-conditional DDPM with exactly digits_flow's network and training settings (FLOW above): chapter 12 sets
+# the two side by side, same network, same optimizer steps and batches, so the same training budget.
+def digits_cfg_small():
+    x, y = dl.load_digits()
+    model, losses = dl.train_ddpm(x, y, progress=False, **FLOW)
+    dl.save_checkpoint(OUT / "digits_cfg_small.pt", model,
+                       {"T": dl.TrainConfig().T, "schedule": dl.TrainConfig().schedule, "sample_shape": [1, 8, 8],
+                        "num_classes": 10, "p_uncond": dl.TrainConfig().p_uncond, "train": FLOW,
+                        "final_loss": sum(losses[-100:]) / 100, "command": COMMAND.format(name="digits_cfg_small")})
+
+
+ALL = {f.__name__: f for f in (digits_ddpm, digits_cfg, digits_noisy_classifier, digits_judge, digits_vae, digits_flow,
+                               digits_cfg_small)}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)   # several of these run side by side; one thread each avoids oversubscription
