@@ -48,10 +48,26 @@ def check_tokens(name: str, x, K: int, *, mask: bool = False) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class CategoricalSchedule:
-    """Per-step noise rates beta_t in (0, 1] (float64, length T) for K data categories.
+    """The noise schedule of a categorical diffusion: per-step jump probabilities for K data categories.
 
-    Unlike `dl.Schedule`, the last beta may be 1: D3PM's absorbing schedule ends with every token masked.
-    Build one with `categorical_schedule`, or from a Gaussian schedule: CategoricalSchedule(s.betas, K)."""
+    Unlike `dl.Schedule`, the last beta may be 1: D3PM's absorbing schedule ends with every token masked
+    (:math:`\\bar\\alpha_T = 0`). Build one with `categorical_schedule`, or reuse a Gaussian schedule's betas:
+    ``CategoricalSchedule(dl.cosine_schedule(T).betas, K)``.
+
+    Parameters
+    ----------
+    betas : torch.Tensor
+        (T,) jump probabilities :math:`\\beta_t \\in (0, 1]`, stored as float64 on the CPU.
+    K : int
+        Number of data categories, >= 2 (the mask of the absorbing kind is category K).
+    name : str
+        A label for printing.
+
+    Raises
+    ------
+    ValueError
+        betas not 1-D, empty, non-finite or outside (0, 1]; K < 2.
+    """
 
     betas: torch.Tensor
     K: int
@@ -95,9 +111,29 @@ class CategoricalSchedule:
 
 
 def categorical_schedule(K: int, T: int, name: str = "linear") -> CategoricalSchedule:
-    """"linear": beta_t = 1 / (T - t), so alpha_bar_t = 1 - (t + 1) / T falls linearly to 0 (Austin et al.
-    2021's 1 / (T - t + 1) in their 1-based steps; with "absorbing" it is masked diffusion's alpha(t) = 1 - t
-    on the grid t = 1/T, ..., 1). "cosine": the betas of `dl.cosine_schedule(T)` (Nichol & Dhariwal 2021)."""
+    """A categorical schedule by name.
+
+    Parameters
+    ----------
+    K : int
+        Number of data categories, >= 2.
+    T : int
+        Number of steps, >= 1.
+    name : {"linear", "cosine"}
+        "linear": :math:`\\beta_t = 1/(T - t)` for indices t = 0..T-1, so :math:`\\bar\\alpha_t = 1 - (t + 1)/T` falls
+        linearly to 0 (Austin et al. 2021's :math:`1/(T - t + 1)` in their 1-based steps; with "absorbing" it is
+        masked diffusion's :math:`\\alpha(t) = 1 - t` on the grid t = 1/T, ..., 1). "cosine": the betas of
+        `dl.cosine_schedule(T)` (Nichol & Dhariwal 2021, Eq. 17), whose last :math:`\\bar\\alpha` is small but not 0.
+
+    Returns
+    -------
+    CategoricalSchedule
+
+    Raises
+    ------
+    ValueError
+        T < 1, K < 2 or an unknown name.
+    """
     T = check_int("T", T, low=1)
     if name == "linear":
         return CategoricalSchedule(1.0 / torch.arange(T, 0, -1, dtype=torch.float64), K, "linear")
@@ -149,8 +185,27 @@ def transition_matrix(kind: str, K: int, beta: float) -> torch.Tensor:
 
 
 def cumulative_transition_matrix(schedule: CategoricalSchedule, t: int, kind: str) -> torch.Tensor:
-    """:math:`\\bar Q_t = Q_0 Q_1 \\cdots Q_t = \\bar\\alpha_t I + (1 - \\bar\\alpha_t) U` (Austin et al. 2021, Eq. 3),
-    float64 of shape (K', K'); t an int in [0, T-1]. Closed form: U is idempotent, so the product collapses."""
+    """The t-step transition matrix in closed form (Austin et al. 2021, Eq. 3):
+    :math:`\\bar Q_t = Q_0 Q_1 \\cdots Q_t = \\bar\\alpha_t I + (1 - \\bar\\alpha_t) U`. U is idempotent
+    (:math:`UU = U`), so the product of the one-step matrices collapses to this form.
+
+    Parameters
+    ----------
+    schedule : CategoricalSchedule
+    t : int
+        Timestep index in [0, T-1].
+    kind : {"uniform", "absorbing"}
+
+    Returns
+    -------
+    torch.Tensor
+        float64 (K', K'), K' = K or K + 1; row :math:`x_0` is :math:`q(x_t \\mid x_0)`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not a CategoricalSchedule, t outside [0, T-1], an unknown kind.
+    """
     _check_schedule(schedule)
     _check_kind(kind)
     t = check_int("t", t, low=0, high=schedule.T - 1)
@@ -319,9 +374,28 @@ def d3pm_kl(logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t, schedul
 
 
 def categorical_prior_kl(x0: torch.Tensor, schedule: CategoricalSchedule, kind: str) -> torch.Tensor:
-    """:math:`L_T = \\mathrm{KL}(q(x_T \\mid x_0) \\,\\|\\, p(x_T))` per token, in nats (float64), with the
-    stationary prior p(x_T): uniform over the K categories, or all mass on the mask. 0 when alpha_bar_T = 0;
-    for "absorbing" with alpha_bar_T > 0 it is infinite (an unmasked x_T has prior probability 0)."""
+    """The prior term :math:`L_T = \\mathrm{KL}(q(x_T \\mid x_0) \\,\\|\\, p(x_T))` of the D3PM bound
+    (Austin et al. 2021, Eq. 1), with the chain's stationary prior p(x_T): uniform over the K categories, or all
+    mass on the mask. It is 0 when :math:`\\bar\\alpha_T = 0`; for "absorbing" with :math:`\\bar\\alpha_T > 0` it is
+    infinite (an unmasked x_T has prior probability 0).
+
+    Parameters
+    ----------
+    x0 : torch.Tensor
+        Integer tokens (B, ...) in [0, K).
+    schedule : CategoricalSchedule
+    kind : {"uniform", "absorbing"}
+
+    Returns
+    -------
+    torch.Tensor
+        float64 of x0's shape: the KL per token in nats (the same for every token).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad tokens, schedule or kind.
+    """
     _check_schedule(schedule)
     _check_kind(kind)
     K = schedule.K

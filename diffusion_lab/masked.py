@@ -252,10 +252,28 @@ def masked_diffusion_sample(model, shape, steps: int = 100, cond=None, generator
 
 
 class MaskedOracle:
-    """The exact denoiser of masked diffusion for a known distribution over short sequences, by enumeration:
-    logits log p(x_0^i = k | x_t) for every position, from the probability table p of shape (K,) * L (all K^L
-    sequences; keep K^L small). The exact posterior of a masked token depends on the visible tokens only, not on t
-    (time enters only through which tokens are masked). model.config["K"] = K, so the samplers find K."""
+    """The exact denoiser of masked diffusion for a known distribution over short sequences, by enumeration.
+
+    Called as model(x_t, t=None, cond=None), it returns the logits :math:`\\log p(x_0^i = k \\mid x_t)` for every
+    position: the sum of p over the sequences that agree with the visible tokens, per value of position i. The
+    exact posterior of a masked token depends on the visible tokens only, not on t (Ou et al. 2025), so t is
+    ignored. At visible positions the row is one-hot, floored at 1e-30 so that the logits stay finite.
+
+    Parameters
+    ----------
+    probs : torch.Tensor
+        Probability table of shape (K,) * L over all :math:`K^L` sequences (keep :math:`K^L` small), summing to 1.
+
+    Attributes
+    ----------
+    config : dict
+        {"K": K, "sample_shape": (L,)}, so that the masked-diffusion functions find K.
+
+    Raises
+    ------
+    ValueError
+        probs not of shape (K,) * L, negative, or not summing to 1.
+    """
 
     def __init__(self, probs: torch.Tensor):
         check_tensor("probs", probs)
@@ -289,12 +307,26 @@ def train_masked_diffusion(tokens: torch.Tensor, labels: torch.Tensor | None = N
         Integer tokens (N, L, ...) in [0, K).
     labels : torch.Tensor, optional
         Integer labels (N,).
+    config : TrainConfig, optional
+        Steps, batch size, learning rate, EMA, seed, p_uncond, net; keyword overrides as in `dl.train_ddpm`.
     K : int, optional
         Number of categories; tokens.max() + 1 when not given.
+    model : torch.nn.Module, optional
+        Train this model (model(x_t, t, cond) -> logits) instead of a new `dl.TokenMLP`.
+    device : optional
+        Where to train; the model's device by default.
+    callback : callable, optional
+        Called each step with {"step", "loss", "model"}.
 
     Returns
     -------
-    (model, losses)
+    (torch.nn.Module, list of float)
+        The trained model (the EMA weights when ema_decay is set) and the per-step losses (nats per token).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad tokens or labels, unknown options; TrainingDivergedError when the loss becomes NaN or infinite.
     """
     config = _config(config, overrides)
     K = check_int("K", int(tokens.max()) + 1 if K is None and isinstance(tokens, torch.Tensor) else K, low=2)
