@@ -38,5 +38,11 @@ from .dpm_solver import dpm_solver_sample
 from .edm import edm_sample, karras_sigmas
 from .flow import (VelocityMLP, VelocityUNet, flow_matching_loss, make_velocity_net, ot_coupling, reflow_pairs,
                    straightness, train_flow)
+from .nets import TokenMLP
+from .categorical import (CategoricalSchedule, categorical_posterior, categorical_prior_kl, categorical_q_sample,
+                          categorical_schedule, cumulative_transition_matrix, d3pm_kl, transition_matrix)
+from .data import load_digit_tokens
+from .masked import (MaskedOracle, masked_diffusion_loss, masked_diffusion_nll, masked_diffusion_sample,
+                     train_masked_diffusion)
 
 __version__ = "0.1.0"

@@ -10,13 +10,13 @@ import torch
 
 from .flow import VelocityMLP, VelocityUNet
 from .metrics import DigitsClassifier
-from .nets import NoisyClassifier, TimeMLP, UNet
+from .nets import NoisyClassifier, TimeMLP, TokenMLP, UNet
 from .score import ScoreMLP
 from .vae import VAE
 
 FORMAT = "diffusion_lab.checkpoint/1"
 MODEL_CLASSES = {c.__name__: c for c in (TimeMLP, UNet, NoisyClassifier, ScoreMLP, VAE, DigitsClassifier,
-                                          VelocityMLP, VelocityUNet)}
+                                          VelocityMLP, VelocityUNet, TokenMLP)}
 PRETRAINED_DIR = Path(__file__).parent / "checkpoints"
 
 

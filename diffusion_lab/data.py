@@ -97,6 +97,16 @@ def load_digits(flatten: bool = False):
     return x, torch.tensor(d.target, dtype=torch.long)
 
 
+def load_digit_tokens():
+    """The sklearn digits as tokens: (x, y) with x long of shape (1797, 64), each pixel's grey level an integer
+    category in 0..16 (17 categories; discrete diffusion, `masked.py`), and integer labels y.
+    Images for the judge: x.reshape(-1, 1, 8, 8) / 8 - 1 (the [-1, 1] scale of load_digits)."""
+    from sklearn.datasets import load_digits as _sk_digits
+
+    d = _sk_digits()
+    return torch.tensor(d.images, dtype=torch.long).reshape(-1, 64), torch.tensor(d.target, dtype=torch.long)
+
+
 # ---- MNIST ----------------------------------------------------------------------------
 MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 MNIST_SHA256 = {  # the published SHA-256 of the original compressed files

@@ -258,3 +258,39 @@ def make_denoiser(sample_shape, num_classes: int | None = None, arch: str = "aut
     if len(sample_shape) == 3:
         return UNet(in_channels=sample_shape[0], num_classes=num_classes, **kwargs)
     raise ValueError(f"data must be (N, D) vectors or (N, C, H, W) images; a sample has shape {sample_shape}")
+
+
+class TokenMLP(nn.Module):
+    """Logits for discrete tokens (masked diffusion, `masked.py`): (B, *sample_shape) long in [0, K] (K = mask)
+    -> (B, *sample_shape, K). Each token is embedded (token_dim numbers), the embeddings are flattened, and a
+    residual MLP conditioned on (t, label) maps them to K logits per position. t is a float in [0, 1],
+    scaled by 1000 for the sinusoidal embedding (tuned to integer steps)."""
+
+    def __init__(self, sample_shape=(64,), K: int = 17, hidden: int = 256, depth: int = 3, emb_dim: int = 64,
+                 token_dim: int = 16, num_classes: int | None = None):
+        super().__init__()
+        sample_shape = tuple(check_int("sample_shape entry", s, low=1) for s in sample_shape)
+        self.config = dict(sample_shape=sample_shape, K=check_int("K", K, low=2), hidden=check_int("hidden", hidden, low=1),
+                           depth=check_int("depth", depth, low=1), emb_dim=check_int("emb_dim", emb_dim, low=2),
+                           token_dim=check_int("token_dim", token_dim, low=1), num_classes=num_classes)
+        L = math.prod(sample_shape)
+        self.embed = nn.Embedding(K + 1, token_dim)
+        self.cond = Conditioning(emb_dim, num_classes)
+        self.inp = nn.Linear(L * token_dim, hidden)
+        self.blocks = nn.ModuleList([ResMLPBlock(hidden, emb_dim) for _ in range(depth)])
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, L * K))
+
+    @property
+    def num_classes(self):
+        return self.config["num_classes"]
+
+    def forward(self, x, t, cond=None):
+        shape = self.config["sample_shape"]
+        if tuple(x.shape[1:]) != shape or x.dtype.is_floating_point:
+            raise ValueError(f"x must be integer tokens of shape (B, {', '.join(map(str, shape))}), "
+                             f"got {tuple(x.shape)} {x.dtype}")
+        emb = self.cond(t * 1000, cond)
+        h = self.inp(self.embed(x).flatten(1))
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(h).reshape(*x.shape, self.config["K"])

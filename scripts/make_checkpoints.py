@@ -85,8 +85,40 @@ def digits_cfg_small():
                         "final_loss": sum(losses[-100:]) / 100, "command": COMMAND.format(name="digits_cfg_small")})
 
 
+
+# Masked diffusion on the digits as tokens (64 pixels, 17 grey levels), class-conditional, trained on the first
+# MASKED_N_TRAIN digits so that the other 297 measure bits per token on unseen data. A small network and a short
+# run: held-out bits stop improving after ~1000 steps (2.02 bits per token at 1000, 2.03 at 1500: the model starts
+# to memorise its 1500 digits; with width 256 the same run to 4000 steps reached 2.66, worse than the per-pixel
+# baseline's 2.37).
+MASKED = {"steps": 1000, "batch_size": 128, "lr": 1e-3, "net": {"hidden": 128, "depth": 2, "token_dim": 8}}
+MASKED_N_TRAIN = 1500
+MASKED_SAMPLING = {"sample_steps": 64, "cfg_scale": 2.0}
+
+
+def digits_masked():
+    tokens, y = dl.load_digit_tokens()
+    n = MASKED_N_TRAIN
+    model, losses = dl.train_masked_diffusion(tokens[:n], y[:n], K=17, progress=False, **MASKED)
+    # what the book and tests check against: the judge's rate on 100 guided samples (10 per class), held-out bits
+    judge, _ = dl.load_pretrained("digits_judge")
+    labels = torch.arange(10).repeat(10)
+    x = dl.masked_diffusion_sample(dl.cfg(model, MASKED_SAMPLING["cfg_scale"]), (100, 64),
+                                   steps=MASKED_SAMPLING["sample_steps"], cond=labels, K=17,
+                                   generator=torch.Generator().manual_seed(0))
+    acc = dl.classifier_accuracy(judge, x.reshape(-1, 1, 8, 8) / 8.0 - 1.0, labels)
+    nll = dl.masked_diffusion_nll(model, tokens[n:].repeat(8, 1), cond=y[n:].repeat(8),
+                                  generator=torch.Generator().manual_seed(1))
+    dl.save_checkpoint(OUT / "digits_masked.pt", model,
+                       {**MASKED_SAMPLING, "n_train": n, "K": 17, "p_uncond": dl.TrainConfig().p_uncond,
+                        "train": MASKED, "first_losses": losses[:50], "final_loss": sum(losses[-100:]) / 100,
+                        "judge_accuracy": acc, "heldout_bits_per_token": float(nll.mean()),
+                        "command": COMMAND.format(name="digits_masked")})
+
+
+
 ALL = {f.__name__: f for f in (digits_ddpm, digits_cfg, digits_noisy_classifier, digits_judge, digits_vae, digits_flow,
-                               digits_cfg_small)}
+                               digits_cfg_small, digits_masked)}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)   # several of these run side by side; one thread each avoids oversubscription

@@ -1,0 +1,206 @@
+"""Masked diffusion (masked.py) with the exact denoiser of a known distribution over the 64 sequences of
+length 3 on 4 symbols: the loss at fixed t against enumeration, the NLL against the entropy and the gap
+shrinking with the number of steps, the sampler reproducing the distribution (total variation with a stated
+bound), a short training run that learns the correlations, the shipped digits checkpoint, and bad input."""
+import math
+
+import pytest
+import torch
+
+import diffusion_lab as dl
+
+K, L = 4, 3
+STATES = torch.cartesian_prod(*[torch.arange(K)] * L)                  # (64, 3)
+CODE = torch.tensor([K * K, K, 1])
+
+
+def _toy():
+    g = torch.Generator().manual_seed(0)
+    logit = 2.0 * ((STATES[:, 0] == STATES[:, 1]).double() + (STATES[:, 1] == STATES[:, 2]).double())
+    return torch.softmax(logit + 0.5 * torch.randn(64, generator=g, dtype=torch.float64), 0)
+
+
+P = _toy()
+H = float(-(P * P.log2()).sum()) / L                                    # bits per token
+MARGINALS = [P.reshape(K, K, K).sum(dims) for dims in ((1, 2), (0, 2), (0, 1))]
+PRODUCT = (MARGINALS[0][:, None, None] * MARGINALS[1][None, :, None] * MARGINALS[2][None, None, :]).reshape(-1)
+H_PRODUCT = float(-(PRODUCT * PRODUCT.log2()).sum()) / L                # independent tokens: sum of H(x_i)
+
+
+def _draw(n, seed):
+    return STATES[torch.multinomial(P, n, True, generator=torch.Generator().manual_seed(seed))]
+
+
+def _tv(x):
+    freq = torch.bincount((x * CODE).sum(1), minlength=64).double() / len(x)
+    return 0.5 * float((freq - P).abs().sum()), 0.5 * float((freq - PRODUCT).abs().sum())
+
+
+def test_loss_at_fixed_t_equals_the_enumerated_expectation():
+    oracle = dl.MaskedOracle(P.reshape(K, K, K))
+    masks = torch.cartesian_prod(*[torch.tensor([False, True])] * L)
+    x0 = STATES.repeat_interleave(8, 0)
+    M = masks.repeat(64, 1)
+    logp = torch.log_softmax(oracle(torch.where(M, K, x0)).double(), -1)
+    ce = -(logp.gather(-1, x0[..., None]).squeeze(-1) * M).sum(1)       # masked cross-entropy, each (x_0, M)
+    n = 20000
+    for t in (0.3, 0.9):
+        m = M.sum(1).double()
+        exact = float((P.repeat_interleave(8) * t ** m * (1 - t) ** (L - m) * ce).sum()) / (t * L)
+        x = _draw(n, 1)
+        per = [float(dl.masked_diffusion_loss(oracle, x[i:i + 1000], generator=torch.Generator().manual_seed(i),
+                                              t=torch.full((1000,), t, dtype=torch.float64))) for i in range(0, n, 1000)]
+        mean, se = sum(per) / len(per), float(torch.tensor(per).std()) / math.sqrt(len(per))
+        # a loss without the 1/t weight would be off by a factor t (0.3: 3x), one over all tokens by far more
+        assert abs(mean - exact) < 4.5 * se, (t, mean, exact, se)
+
+
+def test_nll_bounds_the_entropy_and_the_gap_shrinks_with_steps():
+    oracle = dl.MaskedOracle(P.reshape(K, K, K))
+    x = _draw(20000, 3)
+    means, ses = {}, {}
+    for steps in (1, 4, 16, None):
+        nll = dl.masked_diffusion_nll(oracle, x, steps=steps, generator=torch.Generator().manual_seed(4))
+        assert nll.shape == (20000,) and nll.dtype == torch.float64
+        means[steps], ses[steps] = float(nll.mean()), float(nll.std()) / math.sqrt(len(nll))
+    # continuous time with the exact denoiser: the bound is tight, E[NLL] = entropy
+    assert abs(means[None] - H) < 4.5 * ses[None], (means[None], H)
+    # one step reveals all tokens at once, independently: the bound is the cross-entropy to the product of
+    # the marginals, sum_i H(x_i)
+    assert abs(means[1] - H_PRODUCT) < 4.5 * ses[1], (means[1], H_PRODUCT)
+    # the gap to the entropy shrinks as the number of steps grows (gaps ~0.37, ~0.09, ~0.02 bits per token)
+    gaps = [means[s] - H for s in (1, 4, 16)]
+    # (differences of independent means, 4.5 standard errors of the difference)
+    assert gaps[0] - gaps[1] > 4.5 * math.hypot(ses[1], ses[4]), gaps
+    assert gaps[1] - gaps[2] > 4.5 * math.hypot(ses[4], ses[16]), gaps
+
+
+def test_nll_draws_t_given_the_number_masked_from_its_exact_law():
+    # Continuous time: m masked of L at time t has weight (1/t) t^m (1 - t)^(L-m), so t | m ~ Beta(m, L - m + 1).
+    # A spy model records (m, t); a uniform t (a plausible slip) fails the KS test by far (p < 1e-100).
+    from scipy import stats
+    seen = []
+    oracle = dl.MaskedOracle(P.reshape(K, K, K))
+
+    def spy(xt, t, cond=None):
+        seen.append(((xt == K).sum(1), t.double()))
+        return oracle(xt)
+    x = _draw(6000, 11)
+    dl.masked_diffusion_nll(spy, x, generator=torch.Generator().manual_seed(12), K=K)
+    m, t = seen[0]
+    for k in range(1, L + 1):
+        assert stats.kstest(t[m == k].numpy(), stats.beta(k, L - k + 1).cdf).pvalue > 1e-4, k
+    assert int((m == 0).sum()) == 0 and abs(float((m == 1).double().mean()) - 1 / 3) < 0.03   # m ~ U{1..L}
+    # T steps: t = s/T with P(s | m) proportional to (1/s) (s/T)^m (1 - s/T)^(L-m)
+    seen.clear()
+    T = 4
+    dl.masked_diffusion_nll(spy, x, steps=T, generator=torch.Generator().manual_seed(13), K=K)
+    m, t = seen[0]
+    s = torch.arange(1, T + 1, dtype=torch.float64)
+    for k in range(1, L + 1):
+        w = (s / T) ** k * (1 - s / T) ** (L - k) / s
+        want = w / w.sum()
+        got = torch.stack([((t[m == k] - v / T).abs() < 1e-6).double().mean() for v in s])
+        n = int((m == k).sum())
+        assert bool(((got - want).abs() <= 4.5 * (want * (1 - want) / n).sqrt() + 1e-12).all()), (k, got, want)
+
+
+def test_sampler_reproduces_the_distribution():
+    exact = dl.MaskedOracle(P.reshape(K, K, K))
+
+    def oracle(xt, t, cond=None):       # logits 0 at visible positions: the sampler must keep those tokens
+        return torch.where((xt == K)[..., None], exact(xt), 0.0)
+    n, steps = 10000, 32
+    seen = []
+    x = dl.masked_diffusion_sample(oracle, (n, L), steps=steps, K=K, generator=torch.Generator().manual_seed(5),
+                                   callback=lambda d: seen.append(int((d["x"] == K).sum())))
+    assert x.dtype == torch.long and x.shape == (n, L) and int(x.max()) < K
+    assert len(seen) == steps and seen[-1] == 0 and seen == sorted(seen, reverse=True)   # masks only ever go
+    # TV(samples, p) <= TV(p_sampler, p) + TV(samples, p_sampler). Pinsker with KL(p || p_sampler) <= the
+    # 32-step bound's gap (0.0111 bits per token, test_categorical): sqrt(3 * 0.0111 * ln 2 / 2) = 0.107;
+    # sampling: E[TV] <= 0.5 sqrt(64 / n) = 0.040, plus McDiarmid sqrt(ln(1e4) / (2 n)) = 0.021 (prob. 1e-4).
+    bound = math.sqrt(3 * 0.0112 * math.log(2) / 2) + 0.5 * math.sqrt(64 / n) + math.sqrt(math.log(1e4) / (2 * n))
+    tv, tv_product = _tv(x)
+    assert tv < bound, (tv, bound)
+    assert 0.5 * float((PRODUCT - P).abs().sum()) > 0.45                # what a sampler ignoring context gives
+    # one step reveals every token at once from its marginal: samples of the product of the marginals
+    x1 = dl.masked_diffusion_sample(oracle, (n, L), steps=1, K=K, generator=torch.Generator().manual_seed(6))
+    tv1, tv1_product = _tv(x1)
+    assert tv1_product < 0.5 * math.sqrt(64 / n) + math.sqrt(math.log(1e4) / (2 * n)) and tv1 > 0.4, (tv1, tv1_product)
+
+
+def test_cfg_on_logits_and_training_learns_the_correlations():
+    # 2 classes: sequences from p and from its mirror image; a short run of the shared training loop
+    x = _draw(3000, 7)
+    y = torch.randint(0, 2, (3000,), generator=torch.Generator().manual_seed(8))
+    x = torch.where(y[:, None] == 1, x.flip(1), x)
+    model, losses = dl.train_masked_diffusion(x, y, steps=200, batch_size=128, lr=3e-3, progress=False,
+                                              net={"hidden": 64, "depth": 2, "emb_dim": 32, "token_dim": 8})
+    assert model.config["K"] == K and len(losses) == 200
+    test = _draw(4000, 9)
+    nll = dl.masked_diffusion_nll(model, test, cond=torch.zeros(4000, dtype=torch.long),
+                                  generator=torch.Generator().manual_seed(10))
+    se = float(nll.std()) / math.sqrt(len(nll))
+    # learned the dependencies: well below independent tokens (1.96 bits), near the entropy (1.58; measured 1.63)
+    assert float(nll.mean()) < H_PRODUCT - 0.2 and float(nll.mean()) > H - 4.5 * se, (float(nll.mean()), H, H_PRODUCT)
+    guided = dl.cfg(model, 2.0)
+    cond = torch.zeros(5, dtype=torch.long)
+    xt = torch.full((5, L), K)
+    t = torch.ones(5)
+    torch.testing.assert_close(guided(xt, t, cond), 2 * model(xt, t, cond) - model(xt, t, None))
+    s = dl.masked_diffusion_sample(guided, (5, L), steps=3, cond=cond, generator=torch.Generator().manual_seed(1), K=K)
+    assert s.shape == (5, L)
+
+
+def test_digits_checkpoint_samples_are_recognised_and_beat_the_per_pixel_baseline():
+    model, meta = dl.load_pretrained("digits_masked")
+    judge, _ = dl.load_pretrained("digits_judge")
+    labels = torch.arange(10).repeat(10)
+    x = dl.masked_diffusion_sample(dl.cfg(model, meta["cfg_scale"]), (100, 64), steps=meta["sample_steps"],
+                                   cond=labels, K=17, generator=torch.Generator().manual_seed(3))
+    acc = dl.classifier_accuracy(judge, x.reshape(-1, 1, 8, 8) / 8.0 - 1.0, labels)
+    assert acc >= 0.9, acc                                  # the checkpoint's meta records 1.0 (a different draw)
+    tokens, y = dl.load_digit_tokens()
+    held = tokens[meta["n_train"]:]
+    nll = dl.masked_diffusion_nll(model, held.repeat(4, 1), cond=y[meta["n_train"]:].repeat(4),
+                                  generator=torch.Generator().manual_seed(4))
+    counts = torch.nn.functional.one_hot(tokens[:meta["n_train"]], 17).sum(0).double() + 1   # add-one smoothing
+    baseline = -(torch.log2(counts / counts.sum(1, keepdim=True)).gather(1, held.T).T).mean()   # 2.37 bits
+    # measured: 2.02 bits per token (meta: 2.024 with 8 draws per digit) against the baseline's 2.37
+    assert float(nll.mean()) < float(baseline) - 0.25, (float(nll.mean()), float(baseline))
+
+
+def test_bad_input():
+    oracle = dl.MaskedOracle(P.reshape(K, K, K))
+    x = _draw(4, 0)
+    with pytest.raises(ValueError, match=r"x0 must hold categories in \[0, 3\], got values from 4 to 4"):
+        dl.masked_diffusion_loss(oracle, torch.full((2, 3), 4))
+    with pytest.raises(TypeError, match="x0 must hold integer tokens"):
+        dl.masked_diffusion_nll(oracle, x.float())
+    for steps in (0, -3):
+        with pytest.raises(ValueError, match=r"steps must be an integer in \[1, inf\]"):
+            dl.masked_diffusion_sample(oracle, (2, 3), steps=steps)
+        with pytest.raises(ValueError, match=r"steps must be an integer in \[1, inf\]"):
+            dl.masked_diffusion_nll(oracle, x, steps=steps)
+
+    def wrong_shape(xt, t, cond=None):
+        return torch.zeros(*xt.shape, K + 1)
+
+    def nan(xt, t, cond=None):
+        return torch.full((*xt.shape, K), float("nan"))
+    with pytest.raises(ValueError, match=r"model must return logits of shape \(4, 3, 4\)"):
+        dl.masked_diffusion_loss(wrong_shape, x, K=K)
+    with pytest.raises(ValueError, match="non-finite logits"):
+        dl.masked_diffusion_nll(nan, x, K=K)
+    with pytest.raises(ValueError, match="non-finite logits"):
+        dl.masked_diffusion_sample(nan, (2, 3), steps=2, K=K)
+    with pytest.raises(ValueError, match="K .* is required for a model without config"):
+        dl.masked_diffusion_loss(nan, x)
+    with pytest.raises(ValueError, match=r"t must have shape \(4,\) with values in \(0, 1\]"):
+        dl.masked_diffusion_loss(oracle, x, t=torch.zeros(4))
+    with pytest.raises(ValueError, match="cond must be None or an integer tensor"):
+        dl.masked_diffusion_nll(oracle, x, cond=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="probs must be a probability table"):
+        dl.MaskedOracle(torch.ones(4, 4) / 4)
+    with pytest.raises(ValueError, match="tokens must hold categories"):
+        dl.train_masked_diffusion(torch.tensor([[0, 5]]), K=3, steps=1)
