@@ -39,7 +39,9 @@ def two_moons(n: int, noise: float = 0.05, generator: torch.Generator | None = N
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``n`` is not a positive integer or a number is out of its range.
     """
     n = check_int("n", n, low=1)
@@ -71,7 +73,9 @@ def swiss_roll(n: int, noise: float = 0.03, generator: torch.Generator | None = 
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``n`` is not a positive integer or a number is out of its range.
     """
     n = check_int("n", n, low=1)
@@ -102,7 +106,9 @@ def checkerboard(n: int, cells: int = 4, generator: torch.Generator | None = Non
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``n`` is not a positive integer or a number is out of its range.
     """
     n = check_int("n", n, low=1)
@@ -135,7 +141,9 @@ def thin_ring(n: int, radius: float = 1.5, width: float = 0.02, generator: torch
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``n`` is not a positive integer or a number is out of its range.
     """
     n = check_int("n", n, low=1)

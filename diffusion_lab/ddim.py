@@ -32,7 +32,9 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``T`` or ``steps`` is not an integer in its range, or ``spacing`` is unknown.
     """
     T = check_int("T", T, low=1)
@@ -96,7 +98,9 @@ def ddim_sigma(schedule: Schedule, t, t_prev, eta: float, like: torch.Tensor) ->
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``eta`` is negative or not a number, or a timestep is invalid.
     """
     _check_schedule(schedule)

@@ -36,7 +36,9 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If an argument is out of range or ``sigma_min >= sigma_max``.
     """
     n = check_int("n", n, low=1)
@@ -105,9 +107,8 @@ def edm_sample(model, path, shape, sigmas, prediction: str = "eps", cond=None,
         If ``model`` is not callable, ``path`` is not a path, or a tensor argument is not a floating-point tensor.
     ValueError
         If an option is unknown or out of range, ``prediction`` cannot give :math:`x_0` where
-        :math:`\alpha(t_\max) = 0`, a shape is wrong, or the model's output holds NaN or inf.
-    ValueError
-        Also if ``sigmas`` is not positive and strictly decreasing, or churn raises the noise level above the
+        :math:`\alpha(t_\max) = 0`, a shape is wrong, or the model's output holds NaN or inf; also if
+        ``sigmas`` is not positive and strictly decreasing, or churn raises the noise level above the
         path's range.
     """
     check_path(path)

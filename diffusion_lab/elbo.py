@@ -1,10 +1,11 @@
-"""The full DDPM variational bound for vector data (Ho et al. 2020, Eq. 5):
-L = L_0 + sum_{t>=2} L_{t-1} + L_T, in nats and bits per dimension.
+r"""The full DDPM variational bound for vector data (Ho et al. 2020, Eq. 5):
+:math:`L = L_0 + \sum_{t \ge 2} L_{t-1} + L_T`, in nats and bits per dimension.
 
-Paper times 1..T are indices 0..T-1 here. L_T = KL(q(x_T | x_0) || N(0, I)); for t >= 1,
-L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)), evaluated at one x_t ~ q(x_t | x_0)
-per example; L_0 = -log N(x_0; mu_theta(x_1), sigma_1^2) with sigma_1^2 = beta_1 (a continuous
-Gaussian decoder, so the bound is on the differential entropy of the data).
+Paper times :math:`1..T` are indices ``0..T-1`` here. :math:`L_T = \mathrm{KL}(q(x_T \mid x_0) \,\|\, \mathcal N(0, I))`;
+for :math:`t \ge 1`, :math:`L_{t-1} = \mathrm{KL}(q(x_{t-1} \mid x_t, x_0) \,\|\, p_\theta(x_{t-1} \mid x_t))`, evaluated
+at one :math:`x_t \sim q(x_t \mid x_0)` per example; :math:`L_0 = -\log \mathcal N(x_0; \mu_\theta(x_1), \sigma_1^2)`
+with :math:`\sigma_1^2 = \beta_1` (a continuous Gaussian decoder, so the bound is on the differential
+entropy of the data).
 """
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ def ddpm_elbo(model, schedule: Schedule, x0: torch.Tensor, cond=None, generator:
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If an argument is invalid, ``x0`` is not of shape ``(B, D)``, or ``variance`` is unknown.
     """
     _check_model(model)

@@ -140,7 +140,9 @@ def flow_matching_loss(model, x0: torch.Tensor, cond=None, generator: torch.Gene
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``x0`` is not a finite floating-point batch, or ``t_sampling`` is unknown.
     """
     _check_model(model)
@@ -172,7 +174,9 @@ def ot_coupling(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If the inputs are not finite floating-point tensors of one shape.
     """
     from scipy.optimize import linear_sum_assignment
@@ -319,7 +323,9 @@ def reflow_pairs(model, n: int, steps: int = 50, generator: torch.Generator | No
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If an argument is invalid or the shape cannot be found.
     """
     steps, shape, x_T = _start(model, n, steps, generator, shape, cond)
@@ -360,7 +366,9 @@ def straightness(model, n: int, steps: int = 100, generator: torch.Generator | N
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If an argument is invalid or the shape cannot be found.
     """
     steps, shape, x_T = _start(model, n, steps, generator, shape, cond)

@@ -89,7 +89,9 @@ def predict_x0(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t) -> to
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         As for :func:`q_sample`.
     """
     _check_schedule(schedule)
@@ -130,7 +132,9 @@ def posterior_coefficients(schedule: Schedule, t, like: torch.Tensor):
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``schedule`` is not a :class:`Schedule` or ``t`` is not a valid timestep.
     """
     _check_schedule(schedule)
@@ -163,7 +167,9 @@ def q_posterior(schedule: Schedule, x0: torch.Tensor, xt: torch.Tensor, t):
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         As for :func:`q_sample`; also if ``t`` is 0.
     """
     _check_schedule(schedule)

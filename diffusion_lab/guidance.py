@@ -35,7 +35,9 @@ def cfg_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> t
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If a prediction is not a finite floating-point tensor, the shapes differ, or ``scale`` is not a
         finite number.
     """
@@ -67,9 +69,9 @@ def cfg(model, scale: float):
     Raises
     ------
     TypeError
-        If ``model`` is not callable.
-    TypeError, ValueError
-        If ``scale`` is not a finite number.
+        If ``model`` is not callable, or ``scale`` is not a real number.
+    ValueError
+        If ``scale`` is not finite.
     """
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")

@@ -133,7 +133,9 @@ def bits_per_dim(log_likelihood: torch.Tensor, num_dims: int) -> torch.Tensor:
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``log_likelihood`` is not a finite floating-point tensor or ``num_dims < 1``.
     """
     check_tensor("log_likelihood", log_likelihood)

@@ -38,7 +38,9 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_projections: int = 25
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If the inputs are not finite floating-point tensors of one dimension ``D``, or ``n_projections < 1``.
     """
     _check_sets(x, y)
@@ -140,7 +142,9 @@ def train_digits_classifier(steps: int = 1500, seed: int = 0, test_fraction: flo
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If an argument is out of range.
     """
     from .data import load_digits
@@ -186,7 +190,9 @@ def classifier_accuracy(classifier, x: torch.Tensor, labels: torch.Tensor) -> fl
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``x`` is not a finite floating-point tensor or ``labels`` is not of shape ``(B,)``.
     """
     check_tensor("x", x)

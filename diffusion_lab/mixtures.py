@@ -403,7 +403,9 @@ def ring_mixture(k: int = 8, radius: float = 2.0, std: float = 0.1, labelled: bo
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``k`` is not a positive integer or ``std`` is not positive.
     """
     k = check_int("k", k, low=1)

@@ -135,7 +135,9 @@ class TimeMLP(nn.Module):
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If a size is not a positive integer, or ``sample_shape`` does not have ``dim`` entries.
     """
 
@@ -238,7 +240,9 @@ class UNet(nn.Module):
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If a size is not a positive integer.
     """
 
@@ -331,10 +335,10 @@ class NoisyClassifier(nn.Module):
 
     Raises
     ------
+    TypeError
+        If ``num_classes`` is not an integer.
     ValueError
-        If ``shape`` is neither ``(dim,)`` nor ``(C, H, W)``, or ``arch`` is unknown.
-    TypeError, ValueError
-        If ``num_classes`` is not an integer :math:`\ge 2`.
+        If ``shape`` is neither ``(dim,)`` nor ``(C, H, W)``, ``arch`` is unknown, or ``num_classes < 2``.
     """
 
     def __init__(self, shape, num_classes: int, hidden: int = 128, depth: int = 3, emb_dim: int = 64, base: int = 32,

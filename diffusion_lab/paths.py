@@ -142,7 +142,9 @@ class VPPath(GaussianPath):
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If a parameter is out of range.
     """
 
@@ -203,7 +205,9 @@ class VEPath(GaussianPath):
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If a parameter is out of range.
     """
 
@@ -243,7 +247,9 @@ class LinearPath(GaussianPath):
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``t_max`` is out of range.
     """
 
@@ -355,7 +361,9 @@ def vp_path(beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) 
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If a parameter is out of range.
     """
     return VPPath(beta_min, beta_max, t_min)
@@ -375,7 +383,9 @@ def ve_path(sigma_min: float = 0.01, sigma_max: float = 50.0) -> VEPath:
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If :math:`0 < \sigma_\min < \sigma_\max` fails.
     """
     return VEPath(sigma_min, sigma_max)
@@ -395,7 +405,9 @@ def linear_path(t_max: float = 1.0) -> LinearPath:
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``t_max`` is not in :math:`(0, 1]`.
     """
     return LinearPath(t_max)

@@ -29,7 +29,9 @@ def set_style(dpi: int = 90) -> None:
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``dpi`` is not an integer in range.
     """
     check_int("dpi", dpi, low=20, high=600)

@@ -1,8 +1,8 @@
-"""Noise schedules: linear (Ho et al. 2020, Sec. 4) and cosine (Nichol & Dhariwal 2021, Eq. 17).
+r"""Noise schedules: linear (Ho et al. 2020, Sec. 4) and cosine (Nichol & Dhariwal 2021, Eq. 17).
 
-Index convention (as in diffusers): integer t in [0, T-1] and
-alpha_bars[t] = prod_{s <= t} alphas[s], which is the paper's alpha_bar_{t+1}.
-Everything is computed in float64; `Schedule.at` casts to the caller's dtype and device.
+Index convention (as in diffusers): integer ``t`` in ``[0, T-1]`` and
+``alpha_bars[t]`` :math:`= \prod_{s \le t}` ``alphas[s]``, which is the paper's :math:`\bar\alpha_{t+1}`.
+Everything is computed in float64; ``Schedule.at`` casts to the caller's dtype and device.
 """
 from __future__ import annotations
 
@@ -137,7 +137,9 @@ class Schedule:
 
         Raises
         ------
-        TypeError, ValueError
+        TypeError
+            If an argument is not of the type documented above.
+        ValueError
             If ``t`` is not a valid timestep (see :meth:`check_t`), or has a number of entries other than ``B``.
         """
         out = gather(values, t, like, dtype)
@@ -181,7 +183,9 @@ def linear_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``T`` is not an integer :math:`\ge 1` or a beta is not a number in :math:`(0, 1)`.
     """
     T = check_int("T", T, low=1)
@@ -215,7 +219,9 @@ def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) ->
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If an argument is not a number in its range.
     """
     T = check_int("T", T, low=1)

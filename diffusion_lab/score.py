@@ -98,7 +98,9 @@ def geometric_sigmas(sigma_max: float = 5.0, sigma_min: float = 0.01, n: int = 1
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If an argument is not a number in its range, or ``sigma_min > sigma_max``.
     """
     sigma_max = check_number("sigma_max", sigma_max, low=0, low_open=True)
@@ -255,7 +257,9 @@ class ScoreMLP(nn.Module):
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``dim`` is not a positive integer.
     """
 
@@ -312,7 +316,9 @@ def eps_to_score(eps: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``eps`` is not a finite floating-point tensor, or ``t`` is not a valid timestep.
     """
     _check_schedule(schedule)
@@ -386,7 +392,9 @@ def ddpm_sigmas(schedule: Schedule, n: int = 10) -> torch.Tensor:
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``n`` is not an integer in ``[1, T]``.
     """
     _check_schedule(schedule)
@@ -456,7 +464,9 @@ def log_snr_sigmas(schedule: Schedule, n: int = 10, t_min: int = 0) -> torch.Ten
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         As for :func:`log_snr_timesteps`.
     """
     ts = log_snr_timesteps(schedule, n, t_min)

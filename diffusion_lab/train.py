@@ -65,7 +65,9 @@ class TrainConfig:
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If a field is not of its type or out of its range.
     """
     steps: int = 4500                # optimizer steps (benchmarks/bench_toys.py: quality vs time on 2-D toys)

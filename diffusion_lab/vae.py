@@ -26,7 +26,9 @@ class VAE(nn.Module):
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If a size is not a positive integer.
     """
 
@@ -133,7 +135,9 @@ def vae_loss(model: VAE, x: torch.Tensor, beta: float = 1.0, decoder_std: float 
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         If ``x`` is not a finite floating-point tensor of the model's shape, or a number is out of range.
     """
     check_tensor("x", x)

@@ -112,7 +112,7 @@ def frame_grid(frames_2d, values_a, values_b, desc_a: str, desc_b: str, *,
 
     Parameters
     ----------
-    frames_2d : sequence of sequences
+    frames_2d : sequence of sequence
         One row of frames per entry of ``values_a``, one frame per entry of ``values_b``.
     values_a, values_b : sequence of float or str
         The two sliders' labels.
@@ -130,7 +130,9 @@ def frame_grid(frames_2d, values_a, values_b, desc_a: str, desc_b: str, *,
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
         As for :func:`frame_slider`, and if ``frames_2d`` is not rows of frames matching the values.
     """
     labels_a = _labels("values_a", values_a)

@@ -92,6 +92,9 @@ def docstring_problems(public: dict[str, object]) -> list[str]:
             need.add("Parameters")
         if inspect.isfunction(obj):
             need.add("Returns")
+        raises = re.search(r"^Raises\n-+\n(.*?)(?:^\w[\w ]*\n-{3,}|\Z)", doc, re.S | re.M)
+        if raises and re.search(r"^\w+,", raises.group(1), re.M):
+            out.append(f"{name}: 'A, B' in Raises (napoleon keeps only A: one entry per exception)")
         if not doc.strip():
             out.append(f"{name}: no docstring")
         elif need - sections:
@@ -102,6 +105,47 @@ def docstring_problems(public: dict[str, object]) -> list[str]:
 def test_public_docstrings_are_numpy_style():
     problems = docstring_problems(public_api())
     assert not problems, "public docstrings without NumPy-style sections: " + "; ".join(problems)
+
+
+TEX = re.compile(r"\$|\\[A-Za-z]+|\\[()\[\]{}]|[\^_]\{")   # what the browser test reports as raw TeX
+
+
+def raw_tex(doc: str) -> list[str]:
+    """TeX outside ``.. math::`` blocks, :math: roles and literals: the site would show it raw."""
+    doc = re.sub(r"^(\s*)\.\. math::.*?(?=^\1\S|\Z)", "", doc, flags=re.S | re.M)
+    for pattern in (r":math:`[^`]*`", r"``[^`]*``", r"`[^`]*`"):
+        doc = re.sub(pattern, "", doc)
+    return [doc[max(0, m.start() - 30):m.end() + 20].replace("\n", " ") for m in TEX.finditer(doc)]
+
+
+def documented_docstrings():
+    """(name, docstring) of every documented module, and of the functions, classes, methods and
+    properties the reference shows from it."""
+    for mod_name in documented_modules():
+        mod = importlib.import_module(mod_name)
+        yield mod_name, inspect.getdoc(mod) or ""
+        for name, obj in vars(mod).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != mod_name:
+                continue
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                continue
+            yield f"{mod_name}.{name}", inspect.getdoc(obj) or ""
+            if inspect.isclass(obj):
+                for k, v in vars(obj).items():
+                    if not k.startswith("_") and (inspect.isfunction(v) or isinstance(v, property)):
+                        yield f"{mod_name}.{name}.{k}", inspect.getdoc(v) or ""
+
+
+def test_docstrings_have_maths_only_in_math_roles():
+    bad = [f"{name}: {hit!r}" for name, doc in documented_docstrings() for hit in raw_tex(doc)]
+    assert not bad, "TeX outside :math: in docstrings (the site shows it raw; use :math:`...`):\n" + "\n".join(bad)
+
+
+def test_raw_tex_check_catches_a_plant():
+    """TeX in prose is reported (once per occurrence); TeX in :math:, in literals and in a math block is not."""
+    assert len(raw_tex(r"L = sum_{t} L_t and :math:`\sum_{t} L_t` and ``x_{t}``")) == 1
+    assert len(raw_tex("an unrendered \\alpha and a $")) == 2
+    assert raw_tex("the ELBO:\n\n.. math::\n\n   \\log p \\ge L\n\nthen text") == []
 
 
 def _cells(path: Path):

@@ -73,14 +73,27 @@ def names_of_module(module: str) -> list[str]:
     return sorted(names, key=position)
 
 
+def own_names(module: str) -> list[str]:
+    """The public functions and classes a module defines itself, in source order: what the reference
+    shows of a module the package does not re-export (``diffusion_lab.widgets``, ``.plotting``), which
+    chapters import from the module directly."""
+    mod = importlib.import_module(module)
+    found = [(inspect.getsourcelines(o)[1], n) for n, o in vars(mod).items()
+             if not n.startswith("_") and (inspect.isfunction(o) or inspect.isclass(o)) and o.__module__ == module]
+    return [n for _, n in sorted(found)]
+
+
 def _rst_for(module: str) -> list[str]:
     names = names_of_module(module)
-    lines = [f".. automodule:: {module}", "", f".. currentmodule:: {PACKAGE}", ""]
+    current = PACKAGE
+    if not names:                      # a module used directly, not re-exported: entries under its own name
+        names, current = own_names(module), module
+    lines = [f".. automodule:: {module}", "", f".. currentmodule:: {current}", ""]
     if names:
         lines += [".. autosummary::", "   :nosignatures:", ""] + [f"   {n}" for n in names] + [""]
-    pkg = importlib.import_module(PACKAGE)
+    home = importlib.import_module(current)
     for n in names:
-        obj = getattr(pkg, n)
+        obj = getattr(home, n)
         if inspect.isclass(obj):
             lines += [f".. autoclass:: {n}", "   :members:", ""]
         elif callable(obj):
@@ -131,6 +144,12 @@ def setup(app):
         node["reftarget"] = new
         return env.domains["py"].resolve_xref(env, node.get("refdoc", ""), app.builder, node["reftype"], new,
                                              node, contnode)
+
+    # autosummary's table shows each docstring's first sentence, cut at ". "; the docstrings cite
+    # "(Ho et al. 2020, Eq. 14)", so "Eq." and friends must not end a sentence (as "et al." does not).
+    from sphinx.ext import autosummary
+    extra = ("Eq.", "Eqs.", "Sec.", "Alg.", "Thm.", "Fig.", "App.")
+    autosummary.WELL_KNOWN_ABBREVIATIONS = tuple(dict.fromkeys(autosummary.WELL_KNOWN_ABBREVIATIONS + extra))
 
     app.add_directive("dl-module", DlModule)
     app.connect("missing-reference", resolve)
