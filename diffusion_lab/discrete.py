@@ -1,6 +1,8 @@
-"""Discrete-time eps-models (integer t, chapters 7-10) as continuous-time models (k-diffusion's
-DiscreteEpsDDPMDenoiser is the idea): map t to the timestep n with the nearest log-SNR, rescale x by
-sqrt(alpha_bar_n) / alpha(t) so that it carries the noise level the network was trained on, and call it."""
+r"""Discrete-time :math:`\epsilon`-models (integer ``t``, chapters 7-10) as continuous-time models (k-diffusion's
+``DiscreteEpsDDPMDenoiser`` is the idea): map :math:`t` to the timestep :math:`n` with the nearest log-SNR, rescale
+:math:`x` by :math:`\sqrt{\bar\alpha_n}/\alpha(t)` so that it carries the noise level the network was trained on,
+and call it.
+"""
 from __future__ import annotations
 
 import torch

@@ -1,6 +1,7 @@
-"""DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2) on a discrete-time eps-model, with diffusers'
-DPMSolverMultistepScheduler defaults: "linspace" timesteps, midpoint second-order update, a first-order
-first step, and a last step to sigma = 0 that is first order (it returns the predicted x0)."""
+r"""DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2) on a discrete-time :math:`\epsilon`-model, with diffusers'
+``DPMSolverMultistepScheduler`` defaults: ``"linspace"`` timesteps, midpoint second-order update, a first-order
+first step, and a last step to :math:`\sigma = 0` that is first order (it returns the predicted :math:`x_0`).
+"""
 from __future__ import annotations
 
 import math

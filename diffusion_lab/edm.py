@@ -1,6 +1,8 @@
-"""Karras et al. 2022 (EDM): the noise levels of Eq. (5) and the deterministic Heun sampler (Algorithm 1) with
-Algorithm 2's stochastic churn as an option, for any path and prediction. EDM works in x~ = x / alpha with
-noise level s = sigma / alpha, where dx~/ds = (x~ - D(x~; s)) / s and D is the denoiser x0_hat."""
+r"""Karras et al. 2022 (EDM): the noise levels of Eq. (5) and the deterministic Heun sampler (Algorithm 1) with
+Algorithm 2's stochastic churn as an option, for any path and prediction. EDM works in
+:math:`\tilde x = x/\alpha` with noise level :math:`s = \sigma/\alpha`, where
+:math:`d\tilde x/ds = (\tilde x - D(\tilde x; s))/s` and :math:`D` is the denoiser :math:`\hat x_0`.
+"""
 from __future__ import annotations
 
 import math

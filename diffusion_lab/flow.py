@@ -1,8 +1,10 @@
-"""Flow matching and rectified flow on the linear path x_t = (1 - t) x0 + t eps (Lipman et al. 2023, Eqs. 22-23;
-Liu et al. 2023, Eq. 1), SD3's logit-normal times (Esser et al. 2024, Eq. 19), the minibatch optimal-transport
-coupling (Tong et al. 2023, OT-CFM) and Liu et al.'s straightness. A flow model predicts the velocity
-dx_t/dt = eps - x0 and samples with ode_sample(model, linear_path(), shape, prediction="velocity"); dl.cfg wraps it
-unchanged (a guided velocity is the same affine combination as a guided eps at fixed x_t and t)."""
+r"""Flow matching and rectified flow on the linear path :math:`x_t = (1 - t)\,x_0 + t\,\epsilon` (Lipman et al. 2023,
+Eqs. 22-23; Liu et al. 2023, Eq. 1), SD3's logit-normal times (Esser et al. 2024, Eq. 19), the minibatch
+optimal-transport coupling (Tong et al. 2023, OT-CFM) and Liu et al.'s straightness. A flow model predicts the
+velocity :math:`dx_t/dt = \epsilon - x_0` and samples with
+``ode_sample(model, linear_path(), shape, prediction="velocity")``; ``dl.cfg`` wraps it unchanged (a guided
+velocity is the same affine combination as a guided :math:`\epsilon` at fixed :math:`x_t` and :math:`t`).
+"""
 from __future__ import annotations
 
 import torch

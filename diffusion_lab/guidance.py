@@ -1,9 +1,10 @@
-"""Guidance as model wrappers, so samplers never know about it.
+r"""Guidance as model wrappers, so samplers never know about it.
 
-Classifier-free guidance (Ho & Salimans 2021): eps = eps_uncond + scale (eps_cond - eps_uncond),
-where scale = 1 is the plain conditional model and scale = 0 the unconditional one (the paper's
-w corresponds to scale = 1 + w). Classifier guidance (Dhariwal & Nichol 2021, Algorithm 2):
-eps = eps_theta(x_t) - s sqrt(1 - alpha_bar_t) grad_x log p_phi(c | x_t, t).
+Classifier-free guidance (Ho & Salimans 2021):
+:math:`\hat\epsilon = \epsilon_\text{uncond} + s\,(\epsilon_\text{cond} - \epsilon_\text{uncond})`, where :math:`s = 1`
+is the plain conditional model and :math:`s = 0` the unconditional one (the paper's :math:`w` corresponds to
+:math:`s = 1 + w`). Classifier guidance (Dhariwal & Nichol 2021, Algorithm 2):
+:math:`\hat\epsilon = \epsilon_\theta(x_t) - s\sqrt{1 - \bar\alpha_t}\,\nabla_x \log p_\phi(c \mid x_t, t)`.
 """
 from __future__ import annotations
 

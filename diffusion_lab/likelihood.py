@@ -1,7 +1,9 @@
-"""Exact log-likelihoods by the probability-flow ODE and the instantaneous change of variables
-(Chen et al. 2018, Theorem 1; Song et al. 2021, Eq. 39): log p_0(x) = log p_1(x_1) + int_0^1 div u(x_t, t) dt,
-with the divergence exact (autograd, D backward passes) or Hutchinson's unbiased estimate
-E[z^T (du/dx) z] (Grathwohl et al. 2019), one probe z per sample for the whole solve."""
+r"""Exact log-likelihoods by the probability-flow ODE and the instantaneous change of variables
+(Chen et al. 2018, Theorem 1; Song et al. 2021, Eq. 39):
+:math:`\log p_0(x) = \log p_1(x_1) + \int_0^1 \nabla\cdot u(x_t, t)\,dt`, with the divergence exact (autograd,
+:math:`D` backward passes) or Hutchinson's unbiased estimate :math:`\mathbb E[z^\top (\partial u/\partial x)\,z]`
+(Grathwohl et al. 2019), one probe :math:`z` per sample for the whole solve.
+"""
 from __future__ import annotations
 
 import math

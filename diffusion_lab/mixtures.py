@@ -1,9 +1,10 @@
-"""Gaussian mixtures with exact densities, scores and denoisers: the oracle behind the tests and chapters.
+r"""Gaussian mixtures with exact densities, scores and denoisers: the oracle behind the tests and chapters.
 
 Noising a mixture keeps it a mixture: under the forward process
-q(x_t) = sum_k w_k N(sqrt(ab) mu_k, ab Sigma_k + (1 - ab) I), and under additive noise of
-scale sigma, p_sigma(x) = sum_k w_k N(mu_k, Sigma_k + sigma^2 I). So the score at every
-noise level, eps* = -sqrt(1 - ab) * score (Tweedie), and p(c | x_t) are all exact.
+:math:`q(x_t) = \sum_k w_k\,\mathcal N(\sqrt{\bar\alpha}\,\mu_k,\ \bar\alpha\,\Sigma_k + (1 - \bar\alpha) I)`, and under
+additive noise of scale :math:`\sigma`, :math:`p_\sigma(x) = \sum_k w_k\,\mathcal N(\mu_k, \Sigma_k + \sigma^2 I)`. So the
+score at every noise level, :math:`\epsilon^* = -\sqrt{1 - \bar\alpha}\,\nabla\log q` (Tweedie), and :math:`p(c \mid x_t)`
+are all exact.
 """
 from __future__ import annotations
 

@@ -1,15 +1,15 @@
-"""Small networks sized for a laptop CPU: a time-conditioned MLP for vectors, a small U-Net
-for images (any size >= 4, e.g. 8x8 and 28x28), and noise-aware classifiers p(c | x_t, t).
+r"""Small networks sized for a laptop CPU: a time-conditioned MLP for vectors, a small U-Net
+for images (any size :math:`\ge 4`, e.g. 8x8 and 28x28), and noise-aware classifiers :math:`p(c \mid x_t, t)`.
 
-Denoisers output eps_hat = x + f(x, t, cond) with f's last layer initialized to zero: at high
-noise the true eps is almost exactly x_t, and deterministic DDIM multiplies errors made there
-by up to 1/sqrt(alpha_bar_T) (about 160 for the linear schedule), so the network is asked only
+Denoisers output :math:`\hat\epsilon = x + f(x, t, c)` with :math:`f`'s last layer initialized to zero: at high
+noise the true :math:`\epsilon` is almost exactly :math:`x_t`, and deterministic DDIM multiplies errors made there
+by up to :math:`1/\sqrt{\bar\alpha_T}` (about 160 for the linear schedule), so the network is asked only
 for the small correction. Without this skip a small MLP trained on 2-D toys gave DDPM samples
 of good quality but DDIM samples several times too spread out.
 
-Class conditioning uses a learned null label (index num_classes) so one network is both
+Class conditioning uses a learned null label (index ``num_classes``) so one network is both
 the conditional and the unconditional model, as classifier-free guidance needs
-(Ho & Salimans 2021). Every denoiser follows model(x, t, cond=None) -> eps_hat.
+(Ho & Salimans 2021). Every denoiser follows ``model(x, t, cond=None) -> eps_hat``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Conversions between the notations the seeds mix: DDPM's alpha_bar (Ho et al. 2020, Eq. 4),
-Su's square-root notation (seed 001: alpha_bar_su^2 + beta_bar_su^2 = 1), the sigma form
-x_t / sqrt(alpha_bar) = x_0 + sigma eps, CFG's w (Ho & Salimans 2021) and Langevin step sizes.
+r"""Conversions between the notations the seeds mix: DDPM's :math:`\bar\alpha` (Ho et al. 2020, Eq. 4),
+Su's square-root notation (seed 001: :math:`\bar\alpha_\text{su}^2 + \bar\beta_\text{su}^2 = 1`), the sigma form
+:math:`x_t/\sqrt{\bar\alpha} = x_0 + \sigma\epsilon`, CFG's :math:`w` (Ho & Salimans 2021) and Langevin step sizes.
 
 Every function takes a Python number or a floating-point tensor and returns the same kind.
 """

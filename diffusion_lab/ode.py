@@ -1,6 +1,8 @@
-"""The probability-flow ODE dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat (Song et al. 2021, Eq. 13, written
-on the path x_t = alpha x0 + sigma eps), solved from t = t_max to t = 0 with Euler, Heun, classical RK4 or
-DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2). One right-hand side serves every path and prediction."""
+r"""The probability-flow ODE :math:`dx/dt = \alpha'(t)\,\hat x_0 + \sigma'(t)\,\hat\epsilon` (Song et al. 2021, Eq. 13,
+written on the path :math:`x_t = \alpha x_0 + \sigma\epsilon`), solved from :math:`t = t_\max` to :math:`t = 0` with
+Euler, Heun, classical RK4 or DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2). One right-hand side serves
+every path and prediction.
+"""
 from __future__ import annotations
 
 import torch

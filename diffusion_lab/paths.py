@@ -1,8 +1,9 @@
-"""Gaussian probability paths x_t = alpha(t) x_0 + sigma(t) eps, t in [0, 1] (t = 0 data, t = 1 noise),
-and the forward SDE dx = f(t) x dt + g(t) dw that has the same marginals (Song et al. 2021, Eqs. 5 and 11;
-Kingma et al. 2021, Appendix A). A path is four functions of t: alpha, sigma and their time derivatives.
+r"""Gaussian probability paths :math:`x_t = \alpha(t)\,x_0 + \sigma(t)\,\epsilon`, :math:`t \in [0, 1]` (:math:`t = 0` data,
+:math:`t = 1` noise), and the forward SDE :math:`dx = f(t)\,x\,dt + g(t)\,dw` that has the same marginals (Song et al.
+2021, Eqs. 5 and 11; Kingma et al. 2021, Appendix A). A path is four functions of :math:`t`: :math:`\alpha`,
+:math:`\sigma` and their time derivatives.
 
-Every method takes t as a float or a tensor and returns a float64 tensor on the CPU: coefficients are
+Every method takes ``t`` as a float or a tensor and returns a float64 tensor on the CPU: coefficients are
 computed in float64 and cast by the caller (float64 never goes to an accelerator).
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Langevin dynamics and score matching: the unadjusted Langevin sampler, annealed Langevin
+r"""Langevin dynamics and score matching: the unadjusted Langevin sampler, annealed Langevin
 dynamics (Song & Ermon 2019, Algorithm 1), denoising score matching (Vincent 2011) with
-lambda(sigma) = sigma^2, and the bridge eps = -sqrt(1 - alpha_bar) * score to DDPM."""
+:math:`\lambda(\sigma) = \sigma^2`, and the bridge :math:`\epsilon = -\sqrt{1 - \bar\alpha}\,\nabla\log q` to DDPM.
+"""
 from __future__ import annotations
 
 import math

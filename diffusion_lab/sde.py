@@ -1,5 +1,7 @@
-"""The reverse-time SDE dx = [f(t) x - g(t)^2 score(x, t)] dt + g(t) dw-bar (Anderson 1982; Song et al. 2021,
-Eq. 6), integrated from t = t_max to 0 by Euler-Maruyama; the last step, into t = 0, is the denoiser."""
+r"""The reverse-time SDE :math:`dx = [f(t)\,x - g(t)^2\,\nabla\log p_t(x)]\,dt + g(t)\,d\bar w` (Anderson 1982;
+Song et al. 2021, Eq. 6), integrated from :math:`t = t_\max` to 0 by Euler-Maruyama; the last step, into
+:math:`t = 0`, is the denoiser.
+"""
 from __future__ import annotations
 
 import math
