@@ -47,7 +47,7 @@ class TrainConfig:
         Maximal gradient norm (default 1.0; ``None``: no clipping).
     ema_decay : float or None
         EMA decay in :math:`[0, 1)` (default 0.999; ``None``: off). Warmed up as
-        :math:`d = \min(\text{ema\_decay}, (1 + \text{step})/(10 + \text{step}))`, which stays below 0.999 until
+        :math:`d = \min(d_\text{ema}, (1 + \text{step})/(10 + \text{step}))` with :math:`d_\text{ema}` = ``ema_decay``, which stays below 0.999 until
         step 8,991: a 4,500-step run averages over its last ~500 steps.
     seed : int
         Seeds the initial weights, the batches and the noise (default 0).

@@ -108,6 +108,7 @@ def test_public_docstrings_are_numpy_style():
 
 
 TEX = re.compile(r"\$|\\[A-Za-z]+|\\[()\[\]{}]|[\^_]\{")   # what the browser test reports as raw TeX
+MATH_ESCAPED_UNDERSCORE = re.compile(r":math:`[^`]*\\_[^`]*`")   # MathJax shows \_ in \text{} as a backslash
 
 
 def raw_tex(doc: str) -> list[str]:
@@ -138,6 +139,8 @@ def documented_docstrings():
 
 def test_docstrings_have_maths_only_in_math_roles():
     bad = [f"{name}: {hit!r}" for name, doc in documented_docstrings() for hit in raw_tex(doc)]
+    bad += [f"{name}: {m.group(0)!r}" for name, doc in documented_docstrings()
+            for m in MATH_ESCAPED_UNDERSCORE.finditer(doc)]
     assert not bad, "TeX outside :math: in docstrings (the site shows it raw; use :math:`...`):\n" + "\n".join(bad)
 
 
