@@ -21,7 +21,30 @@ PRETRAINED_DIR = Path(__file__).parent / "checkpoints"
 
 
 def save_checkpoint(path, model: torch.nn.Module, meta: dict | None = None) -> Path:
-    """Save model (its class, constructor config and weights) plus a dict of plain metadata."""
+    """Save a model (its class, constructor config and weights) plus a dict of plain metadata.
+
+    The file is written atomically (to a temporary file, then renamed).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Where to write.
+    model : torch.nn.Module
+        One of the package's model classes (:class:`TimeMLP`, :class:`UNet`, :class:`NoisyClassifier`,
+        :class:`ScoreMLP`, :class:`VAE`, :class:`DigitsClassifier`, :class:`VelocityMLP`, :class:`VelocityUNet`).
+    meta : dict, optional
+        Plain metadata (numbers, strings, lists, dicts), e.g. the command that made it.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not one of the package's model classes.
+    """
     name = type(model).__name__
     if name not in MODEL_CLASSES:
         raise TypeError(f"model must be one of {sorted(MODEL_CLASSES)}, got {name}")
@@ -44,7 +67,31 @@ def save_checkpoint(path, model: torch.nn.Module, meta: dict | None = None) -> P
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """Load (model in eval mode, meta) from a file written by save_checkpoint."""
+    """Load a model and its metadata from a file written by :func:`save_checkpoint`.
+
+    Read with ``torch.load(weights_only=True)``; a missing, corrupt or mismatched file gets a clear error.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file.
+    map_location : str or torch.device, optional
+        Where to put the weights (default ``"cpu"``).
+
+    Returns
+    -------
+    model : torch.nn.Module
+        In eval mode.
+    meta : dict
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it is not a readable diffusion_lab checkpoint, names an unknown model class, or its weights do
+        not match the model.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -83,5 +130,28 @@ def pretrained_path(name: str) -> Path:
 
 
 def load_pretrained(name: str, map_location="cpu"):
-    """A checkpoint shipped with the package (made by `python -m diffusion_lab train`, see meta["command"])."""
+    """A checkpoint shipped with the package, in ``diffusion_lab/checkpoints/``.
+
+    All are trained on scikit-learn's 8x8 digits: ``"digits_ddpm"``, ``"digits_cfg"``,
+    ``"digits_noisy_classifier"``, ``"digits_judge"``, ``"digits_vae"``, ``"digits_flow"``. Each records the
+    command that made it in ``meta["command"]``.
+
+    Parameters
+    ----------
+    name : str
+        The checkpoint's name.
+    map_location : str or torch.device, optional
+        Where to put the weights (default ``"cpu"``).
+
+    Returns
+    -------
+    model : torch.nn.Module
+        In eval mode.
+    meta : dict
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a shipped checkpoint.
+    """
     return load_checkpoint(pretrained_path(name), map_location)

@@ -21,7 +21,29 @@ TOYS = ("moons", "swiss_roll", "ring", "mixture", "checkerboard", "thin_ring")
 
 
 def two_moons(n: int, noise: float = 0.05, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Two interleaved half circles, centred and scaled to about unit spread. Shape (n, 2)."""
+    r"""Two interleaved half circles, centred and scaled to about unit spread.
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    noise : float, optional
+        Standard deviation of the Gaussian noise added, :math:`\ge 0` (default 0.05).
+    generator : torch.Generator, optional
+        Source of the draws.
+
+    Returns
+    -------
+    torch.Tensor
+        float32, shape ``(n, 2)``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``n`` is not a positive integer or a number is out of its range.
+    """
     n = check_int("n", n, low=1)
     noise = check_number("noise", noise, low=0)
     u = torch.rand(n, generator=generator) * math.pi
@@ -33,7 +55,29 @@ def two_moons(n: int, noise: float = 0.05, generator: torch.Generator | None = N
 
 
 def swiss_roll(n: int, noise: float = 0.03, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A 2-D spiral (the swiss roll seen from the side), scaled to about unit spread. Shape (n, 2)."""
+    """A 2-D spiral (the swiss roll seen from the side), scaled to about unit spread.
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    noise : float, optional
+        Standard deviation of the Gaussian noise added (default 0.03).
+    generator : torch.Generator, optional
+        Source of the draws.
+
+    Returns
+    -------
+    torch.Tensor
+        float32, shape ``(n, 2)``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``n`` is not a positive integer or a number is out of its range.
+    """
     n = check_int("n", n, low=1)
     noise = check_number("noise", noise, low=0)
     u = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator))
@@ -42,8 +86,31 @@ def swiss_roll(n: int, noise: float = 0.03, generator: torch.Generator | None = 
 
 
 def checkerboard(n: int, cells: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform on the dark squares of a cells x cells board on [-2, 2]^2: a density with sharp edges and
-    corners (no noise). Shape (n, 2)."""
+    r"""Uniform on the dark squares of a ``cells`` x ``cells`` board on :math:`[-2, 2]^2` (no noise).
+
+    A density with sharp edges and corners.
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    cells : int, optional
+        Squares per side, :math:`\ge 2` (default 4).
+    generator : torch.Generator, optional
+        Source of the draws.
+
+    Returns
+    -------
+    torch.Tensor
+        float32, shape ``(n, 2)``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``n`` is not a positive integer or a number is out of its range.
+    """
     n = check_int("n", n, low=1)
     cells = check_int("cells", cells, low=2)
     cx = torch.randint(0, cells, (n,), generator=generator)
@@ -54,7 +121,31 @@ def checkerboard(n: int, cells: int = 4, generator: torch.Generator | None = Non
 
 
 def thin_ring(n: int, radius: float = 1.5, width: float = 0.02, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A circle of `radius` blurred by Gaussian noise of std `width`: a thin structure. Shape (n, 2)."""
+    r"""A circle of ``radius`` blurred by Gaussian noise of standard deviation ``width``: a thin structure.
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    radius : float, optional
+        Radius, :math:`> 0` (default 1.5).
+    width : float, optional
+        Noise standard deviation, :math:`\ge 0` (default 0.02).
+    generator : torch.Generator, optional
+        Source of the draws.
+
+    Returns
+    -------
+    torch.Tensor
+        float32, shape ``(n, 2)``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``n`` is not a positive integer or a number is out of its range.
+    """
     n = check_int("n", n, low=1)
     radius = check_number("radius", radius, low=0, low_open=True)
     width = check_number("width", width, low=0)
@@ -64,13 +155,41 @@ def thin_ring(n: int, radius: float = 1.5, width: float = 0.02, generator: torch
 
 
 def labelled_mixture() -> GaussianMixture:
-    """Three overlapping labelled Gaussian classes in 2-D (the guidance chapter's toy)."""
+    """Three overlapping labelled Gaussian classes in 2-D (chapter 10's toy).
+
+    Returns
+    -------
+    GaussianMixture
+        With labels 0, 1, 2: its exact class-conditional scores are the guidance oracle.
+    """
     means = [[-1.0, -0.6], [1.0, -0.6], [0.0, 1.1]]
     return GaussianMixture(means, stds=0.45, labels=[0, 1, 2])
 
 
 def make_toy(name: str, n: int, generator: torch.Generator | None = None):
-    """(x, labels) for a named 2-D toy; labels is None for the unlabelled sets."""
+    """A named 2-D toy data set with its labels.
+
+    Parameters
+    ----------
+    name : {"moons", "swiss_roll", "ring", "mixture", "checkerboard", "thin_ring"}
+        Which set (``"ring"``: :func:`ring_mixture`, ``"mixture"``: :func:`labelled_mixture`).
+    n : int
+        Number of points.
+    generator : torch.Generator, optional
+        Source of the draws.
+
+    Returns
+    -------
+    x : torch.Tensor
+        Shape ``(n, 2)``.
+    labels : torch.Tensor or None
+        Integer labels ``(n,)``, or ``None`` for the unlabelled sets.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is unknown.
+    """
     if name == "moons":
         return two_moons(n, generator=generator), None
     if name == "swiss_roll":
@@ -87,8 +206,20 @@ def make_toy(name: str, n: int, generator: torch.Generator | None = None):
 
 
 def load_digits(flatten: bool = False):
-    """scikit-learn's bundled 8x8 handwritten digits: (x, y) with x of shape (1797, 1, 8, 8)
-    (or (1797, 64) if flatten) scaled from [0, 16] to [-1, 1], and integer labels y."""
+    """scikit-learn's bundled 8x8 handwritten digits, scaled from :math:`[0, 16]` to :math:`[-1, 1]`.
+
+    Parameters
+    ----------
+    flatten : bool, optional
+        Return vectors ``(1797, 64)`` instead of images ``(1797, 1, 8, 8)`` (default ``False``).
+
+    Returns
+    -------
+    x : torch.Tensor
+        float32, shape ``(1797, 1, 8, 8)`` or ``(1797, 64)``.
+    y : torch.Tensor
+        Integer labels 0-9, shape ``(1797,)``.
+    """
     from sklearn.datasets import load_digits as _sk_digits
 
     d = _sk_digits()
@@ -120,8 +251,26 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
 
 
 def read_idx(path) -> np.ndarray:
-    """Parse an IDX file (optionally gzip-compressed): magic 0x0000 + dtype byte + ndim byte,
-    then ndim big-endian uint32 sizes, then the data."""
+    """Parse an IDX file (MNIST's format), optionally gzip-compressed.
+
+    The format: a magic ``0x0000``, a dtype byte, an ``ndim`` byte, then ``ndim`` big-endian uint32 sizes,
+    then the data.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file.
+
+    Returns
+    -------
+    numpy.ndarray
+        The array, of the header's shape and dtype.
+
+    Raises
+    ------
+    ValueError
+        If the magic number is wrong, or the file is truncated or longer than its header says.
+    """
     path = Path(path)
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
@@ -165,10 +314,37 @@ def _download(name: str, dest: Path, mirror: str) -> None:
 
 def load_mnist(root="~/.cache/diffusion_lab/mnist", split: str = "train", download: bool = False,
                mirror: str = MNIST_MIRROR, verify: bool = True):
-    """MNIST as (x, y): x of shape (N, 1, 28, 28) in [-1, 1], y integer labels.
+    """MNIST, from the four standard IDX files in ``root``.
 
-    Reads the four standard files from `root`. Nothing is downloaded unless download=True;
-    downloaded (and, with verify=True, existing) files must match the published SHA-256.
+    Nothing is downloaded unless ``download=True``; downloaded (and, with ``verify=True``, existing) files
+    must match the published SHA-256.
+
+    Parameters
+    ----------
+    root : str or pathlib.Path, optional
+        Folder of the files (default ``~/.cache/diffusion_lab/mnist``).
+    split : {"train", "test"}, optional
+        Which half (default ``"train"``).
+    download : bool, optional
+        Download missing files from ``mirror`` (default ``False``).
+    mirror : str, optional
+        The download URL prefix.
+    verify : bool, optional
+        Check the SHA-256 of the files (default ``True``).
+
+    Returns
+    -------
+    x : torch.Tensor
+        Images in :math:`[-1, 1]`, shape ``(N, 1, 28, 28)``.
+    y : torch.Tensor
+        Integer labels, shape ``(N,)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a file is missing and ``download`` is ``False``.
+    ValueError
+        If ``split`` is unknown, a file's SHA-256 does not match, or images and labels disagree.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")

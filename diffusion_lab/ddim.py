@@ -12,10 +12,30 @@ from .schedules import Schedule, to_working
 
 
 def ddim_timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
-    """Decreasing sub-sequence of `steps` timesteps in [0, T-1].
+    """A decreasing sub-sequence of ``steps`` timesteps in ``[0, T-1]`` for few-step sampling.
 
-    "trailing" starts at T-1 (diffusers' timestep_spacing="trailing"); "leading" is
-    [(steps-1) r, ..., r, 0] with r = T // steps (the DDIM paper's and diffusers' default).
+    Parameters
+    ----------
+    T : int
+        Number of timesteps of the schedule, at least 1.
+    steps : int
+        How many to keep, in ``[1, T]``.
+    spacing : {"trailing", "leading"}, optional
+        ``"trailing"`` (default) starts at ``T-1`` (diffusers' ``timestep_spacing="trailing"``);
+        ``"leading"`` is ``[(steps-1) r, ..., r, 0]`` with ``r = T // steps`` (the DDIM paper's and
+        diffusers' default).
+
+    Returns
+    -------
+    list of int
+        The timesteps, largest first.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``T`` or ``steps`` is not an integer in its range, or ``spacing`` is unknown.
     """
     T = check_int("T", T, low=1)
     steps = check_int("steps", steps, low=1, high=T)
@@ -51,7 +71,38 @@ def _broadcast_to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def ddim_sigma(schedule: Schedule, t, t_prev, eta: float, like: torch.Tensor) -> torch.Tensor:
-    """sigma_t(eta) = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev) (Song et al. 2021, Eq. 16)."""
+    r"""The DDIM noise level :math:`\sigma_t(\eta)` (Song et al. 2021, Eq. 16).
+
+    .. math::
+
+       \sigma_t(\eta) = \eta\,\sqrt{\frac{1 - \bar\alpha_{t'}}{1 - \bar\alpha_t}}\,
+       \sqrt{1 - \frac{\bar\alpha_t}{\bar\alpha_{t'}}}, \qquad t' = t_\text{prev}
+
+    (:math:`\eta = 1` with :math:`t' = t - 1` gives DDPM's :math:`\sqrt{\tilde\beta_t}`).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The variance schedule.
+    t, t_prev : int or torch.Tensor
+        The current and the next timestep (``t_prev = -1``: :math:`\bar\alpha = 1`, the step to :math:`x_0`).
+    eta : float
+        :math:`\eta \ge 0`.
+    like : torch.Tensor
+        Gives dtype, device and broadcast shape.
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`\sigma_t`, broadcastable against ``like``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``eta`` is negative or not a number, or a timestep is invalid.
+    """
     _check_schedule(schedule)
     eta = check_number("eta", eta, low=0)
     check_tensor("like", like)
@@ -122,12 +173,49 @@ def _check_pair(schedule, t, t_prev):
 
 def ddim_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t, t_prev, eta: float = 0.0,
               noise: torch.Tensor | None = None, clip_x0: float | None = None) -> torch.Tensor:
-    """x_{t_prev} = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps + sigma noise (Song et al. 2021, Eq. 12).
+    r"""One DDIM step :math:`x_t \to x_{t_\text{prev}}` (Song et al. 2021, Eq. 12).
 
-    t_prev = -1 means the last step, to x_0 (alpha_bar = 1). eta = 0 is deterministic DDIM;
-    eta = 1 with t_prev = t - 1 is DDPM's ancestral step with the posterior variance. An eta so large
-    that 1 - ab_prev - sigma^2 < 0 (above sqrt((1 - ab) ab_prev / (ab_prev - ab)), which is >= 1)
-    raises ValueError instead of clamping, which would break the marginal condition.
+    .. math::
+
+       x_{t'} = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1 - \bar\alpha_{t'} - \sigma_t^2}\,\epsilon + \sigma_t z,
+       \qquad \hat x_0 = \frac{x_t - \sqrt{1 - \bar\alpha_t}\,\epsilon}{\sqrt{\bar\alpha_t}}.
+
+    ``eta = 0`` is deterministic DDIM; ``eta = 1`` with ``t_prev = t - 1`` is DDPM's ancestral step with
+    the posterior variance. An ``eta`` so large that :math:`1 - \bar\alpha_{t'} - \sigma_t^2 < 0` (above
+    :math:`\sqrt{(1 - \bar\alpha_t)\bar\alpha_{t'} / (\bar\alpha_{t'} - \bar\alpha_t)}`, which is
+    :math:`\ge 1`) raises ``ValueError`` instead of clamping, which would break the marginal condition.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The variance schedule.
+    xt : torch.Tensor
+        The current samples, shape ``(B, ...)``.
+    eps : torch.Tensor
+        The model's noise prediction at ``(xt, t)``, of ``xt``'s shape and device.
+    t, t_prev : int or torch.Tensor
+        The current and the next timestep (ints, or shape ``(B,)``); ``t_prev = -1`` is the last step,
+        to :math:`x_0` (:math:`\bar\alpha = 1`).
+    eta : float, optional
+        :math:`\eta \ge 0` (default 0).
+    noise : torch.Tensor, optional
+        :math:`z \sim \mathcal N(0, I)` of ``xt``'s shape; required when ``eta > 0``.
+    clip_x0 : float, optional
+        Clamp :math:`\hat x_0` to ``[-clip_x0, clip_x0]`` (and recompute :math:`\epsilon` from it).
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`x_{t_\text{prev}}`, of ``xt``'s shape.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable, ``schedule`` is not a :class:`Schedule`, a tensor argument is not a
+        floating-point tensor, or ``generator`` is not a ``torch.Generator``.
+    ValueError
+        If an argument is out of range or of the wrong shape, or a tensor (input or model output) holds
+        NaN or inf.
     """
     _check_schedule(schedule)
     check_tensor("xt", xt)
@@ -150,14 +238,57 @@ def ddim_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t, t_prev
 def ddim_sample(model, schedule: Schedule, shape, steps: int = 50, eta: float = 0.0, cond=None,
                 generator: torch.Generator | None = None, callback=None, *, xT: torch.Tensor | None = None,
                 device=None, spacing: str = "trailing", clip_x0: float | None = None, progress: bool = False) -> torch.Tensor:
-    """DDIM sampling over `steps` timesteps (Song et al. 2021). callback gets
-    {"i", "t", "t_prev", "x", "x0_hat"} after every step.
+    r"""DDIM sampling over ``steps`` timesteps (Song et al. 2021, Eq. 12).
 
-    The first step divides by sqrt(alpha_bar_T): about 6e-3 for the linear schedule but 5e-5
-    for the cosine one (T = 1000), so a model's eps error there is multiplied by ~2e4. Without
-    clip_x0, a cosine-schedule model trained on a 2-D toy gave DDIM-50 samples far off the
-    data (sliced Wasserstein 9.5, against 0.02 with the linear schedule); pass clip_x0 (e.g.
-    the data range) or use the linear schedule."""
+    The first step divides by :math:`\sqrt{\bar\alpha_{T-1}}`: about 6e-3 for the linear schedule but 5e-5
+    for the cosine one (T = 1000), so a model's :math:`\epsilon` error there is multiplied by about 2e4.
+    Without ``clip_x0``, a cosine-schedule model trained on a 2-D toy gave DDIM-50 samples far off the data
+    (sliced Wasserstein 9.5, against 0.02 with the linear schedule); pass ``clip_x0`` (e.g. the data range)
+    or use the linear schedule.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, t, cond) -> eps_hat`` (the model contract).
+    schedule : Schedule
+        The variance schedule the model was trained with.
+    shape : tuple of int
+        The output shape ``(B, ...)``.
+    steps : int, optional
+        Number of model calls (default 50), timesteps from :func:`ddim_timesteps`.
+    eta : float, optional
+        :math:`\eta \ge 0` (default 0: deterministic); see :func:`ddim_step`.
+    cond : torch.Tensor, optional
+        Integer labels, shape ``(B,)``.
+    generator : torch.Generator, optional
+        Source of :math:`x_T` and of the steps' noise.
+    callback : callable, optional
+        Called after every step with ``{"i", "t", "t_prev", "x", "x0_hat"}``.
+    xT : torch.Tensor, optional
+        A starting point of shape ``shape`` instead of a fresh draw.
+    device : torch.device or str, optional
+        Where to sample (default: the model's device, else the CPU).
+    spacing : {"trailing", "leading"}, optional
+        See :func:`ddim_timesteps`.
+    clip_x0 : float, optional
+        Clamp :math:`\hat x_0` to ``[-clip_x0, clip_x0]`` at every step.
+    progress : bool, optional
+        Show a progress bar (default ``False``).
+
+    Returns
+    -------
+    torch.Tensor
+        Samples :math:`x_0`, of shape ``shape``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable, ``schedule`` is not a :class:`Schedule`, a tensor argument is not a
+        floating-point tensor, or ``generator`` is not a ``torch.Generator``.
+    ValueError
+        If an argument is out of range or of the wrong shape, or a tensor (input or model output) holds
+        NaN or inf.
+    """
     _check_model(model)
     _check_schedule(schedule)
     shape = check_shape("shape", shape)
@@ -193,11 +324,42 @@ def ddim_sample(model, schedule: Schedule, shape, steps: int = 50, eta: float = 
 @torch.no_grad()
 def ddim_invert(model, schedule: Schedule, x0: torch.Tensor, steps: int = 50, cond=None, *,
                 spacing: str = "trailing", progress: bool = False) -> torch.Tensor:
-    """Run the deterministic (eta = 0) DDIM update backwards, from data x_0 up to x_T.
+    r"""DDIM inversion: the deterministic (:math:`\eta = 0`) update run backwards, from data :math:`x_0` up to :math:`x_T`.
 
-    Each step x_{t_prev} -> x_t reuses eps evaluated at (x_{t_prev}, t), the usual
-    approximation; decoding the result with ddim_sample(..., xT=...) gives x_0 back up to
-    the discretization error.
+    Each step :math:`x_{t_\text{prev}} \to x_t` reuses :math:`\epsilon` evaluated at :math:`(x_{t_\text{prev}}, t)`,
+    the usual approximation; decoding the result with ``ddim_sample(..., xT=...)`` gives :math:`x_0` back
+    up to the discretization error.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, t, cond) -> eps_hat``.
+    schedule : Schedule
+        The variance schedule.
+    x0 : torch.Tensor
+        The data to invert, shape ``(B, ...)``.
+    steps : int, optional
+        Number of steps (default 50).
+    cond : torch.Tensor, optional
+        Integer labels, shape ``(B,)``.
+    spacing : {"trailing", "leading"}, optional
+        See :func:`ddim_timesteps`; use the same as for decoding.
+    progress : bool, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    torch.Tensor
+        The latent :math:`x_T`, of ``x0``'s shape.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable, ``schedule`` is not a :class:`Schedule`, a tensor argument is not a
+        floating-point tensor, or ``generator`` is not a ``torch.Generator``.
+    ValueError
+        If an argument is out of range or of the wrong shape, or a tensor (input or model output) holds
+        NaN or inf.
     """
     _check_model(model)
     _check_schedule(schedule)

@@ -60,7 +60,42 @@ def model_watch(device) -> FiniteWatch:
 
 
 def ddpm_loss(model, schedule: Schedule, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """E_{t, eps} || eps - eps_theta(sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t) ||^2 with t uniform (Eq. 14)."""
+    r"""The simplified DDPM loss (Ho et al. 2020, Eq. 14; Algorithm 1).
+
+    .. math::
+
+       L_\text{simple} = \mathbb E_{t, \epsilon}\,\big\|\epsilon - \epsilon_\theta\big(\sqrt{\bar\alpha_t}\,x_0
+       + \sqrt{1 - \bar\alpha_t}\,\epsilon,\ t\big)\big\|^2, \qquad t \sim \mathcal U\{0, \dots, T-1\},
+
+    one :math:`(t, \epsilon)` per example, averaged over the batch and the elements.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, t, cond) -> eps_hat`` (the model contract).
+    schedule : Schedule
+        The variance schedule.
+    x0 : torch.Tensor
+        A batch of data, shape ``(B, ...)``.
+    cond : torch.Tensor, optional
+        Integer labels, shape ``(B,)``, passed to the model.
+    generator : torch.Generator, optional
+        Source of ``t`` and :math:`\epsilon`.
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss (differentiable in the model's parameters).
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable, ``schedule`` is not a :class:`Schedule`, a tensor argument is not a
+        floating-point tensor, or ``generator`` is not a ``torch.Generator``.
+    ValueError
+        If an argument is out of range or of the wrong shape, or a tensor (input or model output) holds
+        NaN or inf.
+    """
     _check_model(model)
     _check_schedule(schedule)
     check_tensor("x0", x0)
@@ -83,11 +118,49 @@ def _ddpm_loss(model, schedule: Schedule, x0, cond, generator, tables=None) -> t
 
 def ddpm_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t: int, noise: torch.Tensor | None = None,
               variance: str = "posterior", clip_x0: float | None = None):
-    """One ancestral step x_t -> x_{t-1} (Algorithm 2). Returns (x_prev, x0_hat).
+    r"""One ancestral step :math:`x_t \to x_{t-1}` (Ho et al. 2020, Algorithm 2).
 
-    mean = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps), equal to the posterior
-    mean of q(x_{t-1} | x_t, x0_hat); variance "posterior" is beta_tilde_t, "beta" is beta_t.
-    At t = 0 the step returns the mean (no noise). clip_x0 clamps x0_hat to [-clip_x0, clip_x0].
+    .. math::
+
+       \mu = \frac{1}{\sqrt{\alpha_t}}\Big(x_t - \frac{\beta_t}{\sqrt{1 - \bar\alpha_t}}\,\epsilon\Big),
+       \qquad x_{t-1} = \mu + \sigma_t z,
+
+    which equals the mean of the posterior :math:`q(x_{t-1} \mid x_t, \hat x_0)`. At ``t = 0`` the step
+    returns the mean (no noise).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The variance schedule.
+    xt : torch.Tensor
+        The current samples, shape ``(B, ...)``.
+    eps : torch.Tensor
+        The model's noise prediction at ``(xt, t)``, of ``xt``'s shape.
+    t : int
+        The current timestep, in ``[0, T-1]`` (one for the whole batch).
+    noise : torch.Tensor, optional
+        :math:`z \sim \mathcal N(0, I)` of ``xt``'s shape; required for :math:`t \ge 1`.
+    variance : {"posterior", "beta"}, optional
+        :math:`\sigma_t^2 = \tilde\beta_t` (default) or :math:`\beta_t`.
+    clip_x0 : float, optional
+        If given, :math:`\hat x_0` is clamped to ``[-clip_x0, clip_x0]`` and the mean taken from the
+        posterior at the clamped :math:`\hat x_0`.
+
+    Returns
+    -------
+    x_prev : torch.Tensor
+        :math:`x_{t-1}`, of ``xt``'s shape.
+    x0_hat : torch.Tensor
+        The predicted :math:`\hat x_0`.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable, ``schedule`` is not a :class:`Schedule`, a tensor argument is not a
+        floating-point tensor, or ``generator`` is not a ``torch.Generator``.
+    ValueError
+        If an argument is out of range or of the wrong shape, or a tensor (input or model output) holds
+        NaN or inf.
     """
     _check_variance(variance)
     _check_schedule(schedule)
@@ -138,10 +211,49 @@ def _ddpm_update(coef, xt, eps, noise, clip_x0):
 def ddpm_sample(model, schedule: Schedule, shape, cond=None, generator: torch.Generator | None = None, callback=None,
                 *, xT: torch.Tensor | None = None, device=None, variance: str = "posterior",
                 clip_x0: float | None = None, progress: bool = False) -> torch.Tensor:
-    """Ancestral sampling from x_T ~ N(0, I) down to x_0 (Ho et al. 2020, Algorithm 2).
+    r"""Ancestral sampling from :math:`x_T \sim \mathcal N(0, I)` down to :math:`x_0` (Ho et al. 2020, Algorithm 2).
 
-    callback, if given, is called after every step with a dict
-    {"i": step index, "t": t, "x": x_{t-1}, "x0_hat": predicted x0}.
+    ``T`` model calls, each followed by :func:`ddpm_step`.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, t, cond) -> eps_hat`` (the model contract); wrap it with :func:`cfg` or
+        :func:`classifier_guidance` to guide.
+    schedule : Schedule
+        The variance schedule the model was trained with.
+    shape : tuple of int
+        The output shape ``(B, ...)``.
+    cond : torch.Tensor, optional
+        Integer labels, shape ``(B,)``.
+    generator : torch.Generator, optional
+        Source of :math:`x_T` and of every step's noise.
+    callback : callable, optional
+        Called after every step with a dict ``{"i": step index, "t": t, "x": x_{t-1}, "x0_hat": predicted x0}``.
+    xT : torch.Tensor, optional
+        A starting point of shape ``shape`` instead of a fresh draw.
+    device : torch.device or str, optional
+        Where to sample (default: the model's parameters' device, else the CPU).
+    variance : {"posterior", "beta"}, optional
+        The reverse variance (see :func:`ddpm_step`).
+    clip_x0 : float, optional
+        Clamp :math:`\hat x_0` to ``[-clip_x0, clip_x0]`` at every step.
+    progress : bool, optional
+        Show a progress bar (default ``False``).
+
+    Returns
+    -------
+    torch.Tensor
+        Samples :math:`x_0`, of shape ``shape``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable, ``schedule`` is not a :class:`Schedule`, a tensor argument is not a
+        floating-point tensor, or ``generator`` is not a ``torch.Generator``.
+    ValueError
+        If an argument is out of range or of the wrong shape, or a tensor (input or model output) holds
+        NaN or inf.
     """
     _check_model(model)
     _check_schedule(schedule)

@@ -5,7 +5,12 @@ import torch
 
 
 def get_device() -> torch.device:
-    """Return `cuda` if a GPU is visible, else `mps` on Apple silicon, else `cpu`."""
+    """The best available device: ``cuda`` if a GPU is visible, else ``mps`` on Apple silicon, else ``cpu``.
+
+    Returns
+    -------
+    torch.device
+    """
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)

@@ -1,6 +1,8 @@
-"""Discrete-time eps-models (integer t, chapters 7-10) as continuous-time models (k-diffusion's
-DiscreteEpsDDPMDenoiser is the idea): map t to the timestep n with the nearest log-SNR, rescale x by
-sqrt(alpha_bar_n) / alpha(t) so that it carries the noise level the network was trained on, and call it."""
+r"""Discrete-time :math:`\epsilon`-models (integer ``t``, chapters 7-10) as continuous-time models (k-diffusion's
+``DiscreteEpsDDPMDenoiser`` is the idea): map :math:`t` to the timestep :math:`n` with the nearest log-SNR, rescale
+:math:`x` by :math:`\sqrt{\bar\alpha_n}/\alpha(t)` so that it carries the noise level the network was trained on,
+and call it.
+"""
 from __future__ import annotations
 
 import torch
@@ -11,10 +13,35 @@ from .schedules import Schedule
 
 
 def discrete_model(model, schedule: Schedule, path: GaussianPath | None = None):
-    """Wrap model(x, n, cond) -> eps (integer n in [0, T-1]) into ct_model(x, t, cond) -> eps with float t
-    on `path` (default: the schedule's own path, on which timestep n sits exactly at t = (n + 1) / T).
-    eps is unchanged by the rescaling (x / alpha and x_n / sqrt(alpha_bar_n) agree when the SNRs do).
-    Costs one host copy of t per call on an accelerator."""
+    r"""Wrap a discrete-time :math:`\epsilon`-model into a continuous-time one on ``path``.
+
+    ``model(x, n, cond) -> eps`` (integer :math:`n \in [0, T-1]`, chapters 7-10) becomes
+    ``ct_model(x, t, cond) -> eps`` with float :math:`t`: :math:`t` is mapped to the timestep :math:`n` with the
+    nearest log-SNR and :math:`x` rescaled by :math:`\sqrt{\bar\alpha_n}/\alpha(t)`, so that it carries the noise
+    level the network was trained on (k-diffusion's ``DiscreteEpsDDPMDenoiser`` is the idea).
+    :math:`\epsilon` is unchanged by the rescaling (:math:`x/\alpha` and :math:`x_n/\sqrt{\bar\alpha_n}` agree
+    when the SNRs do). Costs one host copy of ``t`` per call on an accelerator.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, n, cond) -> eps_hat``, the model contract.
+    schedule : Schedule
+        The schedule it was trained with.
+    path : GaussianPath, optional
+        The path to sample on (default: :func:`schedule_path` of ``schedule``, on which timestep :math:`n`
+        sits exactly at :math:`t = (n + 1)/T`).
+
+    Returns
+    -------
+    callable
+        ``ct_model(x, t, cond=None) -> eps`` with float ``t`` of shape ``(B,)``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable, ``schedule`` is not a :class:`Schedule` or ``path`` not a path.
+    """
     _check_model(model)
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a diffusion_lab Schedule, got {type(schedule).__name__}")

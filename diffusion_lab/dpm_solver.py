@@ -1,6 +1,7 @@
-"""DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2) on a discrete-time eps-model, with diffusers'
-DPMSolverMultistepScheduler defaults: "linspace" timesteps, midpoint second-order update, a first-order
-first step, and a last step to sigma = 0 that is first order (it returns the predicted x0)."""
+r"""DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2) on a discrete-time :math:`\epsilon`-model, with diffusers'
+``DPMSolverMultistepScheduler`` defaults: ``"linspace"`` timesteps, midpoint second-order update, a first-order
+first step, and a last step to :math:`\sigma = 0` that is first order (it returns the predicted :math:`x_0`).
+"""
 from __future__ import annotations
 
 import math
@@ -35,10 +36,47 @@ def dpm_solver_timesteps(T: int, steps: int) -> list[int]:
 def dpm_solver_sample(model, schedule: Schedule, shape, steps: int = 20, cond=None,
                       generator: torch.Generator | None = None, x_T: torch.Tensor | None = None, callback=None, *,
                       device=None) -> torch.Tensor:
-    """DPM-Solver++(2M) with `steps` network calls on model(x, t, cond) -> eps, integer t (chapter 7's contract).
-    x_T ~ N(0, I) unless given. Coefficients alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar) in float64
-    (diffusers computes them in float32; see tests/test_ct_reference.py for what that changes).
-    callback gets {"i", "t", "x", "x0_hat"} after every step."""
+    r"""DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2) with ``steps`` network calls on a discrete-time :math:`\epsilon`-model.
+
+    Uses diffusers' ``DPMSolverMultistepScheduler`` defaults: ``"linspace"`` timesteps, the midpoint
+    second-order update, a first-order first step, and a last step to :math:`\sigma = 0` that is first order
+    (it returns :math:`\hat x_0`). Coefficients :math:`\alpha = \sqrt{\bar\alpha}`, :math:`\sigma = \sqrt{1 - \bar\alpha}`
+    are computed in float64 (diffusers computes them in float32; ``tests/test_ct_reference.py`` shows what
+    that changes).
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, t, cond) -> eps_hat`` with integer ``t`` (chapter 7's contract).
+    schedule : Schedule
+        The schedule it was trained with.
+    shape : tuple of int
+        The output shape ``(B, ...)``.
+    steps : int, optional
+        Network calls, in ``[1, T]`` (default 20).
+    cond : torch.Tensor, optional
+        Integer labels, shape ``(B,)``.
+    generator : torch.Generator, optional
+        Source of :math:`x_T \sim \mathcal N(0, I)`.
+    x_T : torch.Tensor, optional
+        A starting point instead of a fresh draw.
+    callback : callable, optional
+        Called after every step with ``{"i", "t", "x", "x0_hat"}``.
+    device : torch.device or str, optional
+        Where to sample.
+
+    Returns
+    -------
+    torch.Tensor
+        Samples :math:`x_0`, of shape ``shape``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable or ``schedule`` is not a :class:`Schedule`.
+    ValueError
+        If ``steps`` is out of range, a shape is wrong, or the model's output holds NaN or inf.
+    """
     _check_schedule(schedule)
     steps = check_int("steps", steps, low=1, high=schedule.T)
     x, call = start(model, shape, "eps", cond, generator, x_T, callback, device, 1.0)

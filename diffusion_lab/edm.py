@@ -1,6 +1,8 @@
-"""Karras et al. 2022 (EDM): the noise levels of Eq. (5) and the deterministic Heun sampler (Algorithm 1) with
-Algorithm 2's stochastic churn as an option, for any path and prediction. EDM works in x~ = x / alpha with
-noise level s = sigma / alpha, where dx~/ds = (x~ - D(x~; s)) / s and D is the denoiser x0_hat."""
+r"""Karras et al. 2022 (EDM): the noise levels of Eq. (5) and the deterministic Heun sampler (Algorithm 1) with
+Algorithm 2's stochastic churn as an option, for any path and prediction. EDM works in
+:math:`\tilde x = x/\alpha` with noise level :math:`s = \sigma/\alpha`, where
+:math:`d\tilde x/ds = (\tilde x - D(\tilde x; s))/s` and :math:`D` is the denoiser :math:`\hat x_0`.
+"""
 from __future__ import annotations
 
 import math
@@ -14,8 +16,33 @@ from .predictions import to_pair
 
 
 def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
-    """n noise levels, descending, no trailing zero: (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho,
-    i = 0..n-1 (Karras et al. 2022, Eq. 5); float64 on the CPU. n = 1 gives [sigma_max]."""
+    r"""``n`` descending noise levels of Karras et al. (2022, Eq. 5), no trailing zero.
+
+    .. math:: \sigma_i = \Big(\sigma_\max^{1/\rho} + \tfrac{i}{n-1}\big(\sigma_\min^{1/\rho} - \sigma_\max^{1/\rho}\big)\Big)^\rho, \quad i = 0, \dots, n-1;
+
+    ``n = 1`` gives ``[sigma_max]``.
+
+    Parameters
+    ----------
+    n : int
+        Number of levels, :math:`\ge 1`.
+    sigma_min, sigma_max : float, optional
+        :math:`0 < \sigma_\min < \sigma_\max` (defaults 0.002 and 80).
+    rho : float, optional
+        :math:`\rho > 0` (default 7).
+
+    Returns
+    -------
+    torch.Tensor
+        float64 on the CPU, shape ``(n,)``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If an argument is out of range or ``sigma_min >= sigma_max``.
+    """
     n = check_int("n", n, low=1)
     sigma_min = check_number("sigma_min", sigma_min, low=0, low_open=True)
     sigma_max = check_number("sigma_max", sigma_max, low=0, low_open=True)
@@ -31,10 +58,61 @@ def edm_sample(model, path, shape, sigmas, prediction: str = "eps", cond=None,
                generator: torch.Generator | None = None, x_T: torch.Tensor | None = None, callback=None, *,
                method: str = "heun", churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
                s_noise: float = 1.0, device=None) -> torch.Tensor:
-    """EDM sampling over the noise levels `sigmas` (descending, in sigma/alpha of `path`, e.g. karras_sigmas;
-    a final 0 is appended). x_T is x~ at sigmas[0] (default sigmas[0] N(0, I)); returns x~ = x at s = 0.
-    method "heun" (Algorithm 1; 2 N - 1 calls for N sigmas) or "euler" (N calls). churn > 0 adds Algorithm 2's
-    noise: gamma = min(churn / N, sqrt(2) - 1) where s_tmin <= s <= s_tmax, s_hat = (1 + gamma) s."""
+    r"""EDM sampling (Karras et al. 2022): the deterministic Heun sampler (Algorithm 1), with Algorithm 2's stochastic churn as an option.
+
+    EDM works in :math:`\tilde x = x/\alpha` with noise level :math:`s = \sigma/\alpha`, where
+    :math:`d\tilde x/ds = (\tilde x - D(\tilde x; s))/s` and :math:`D` is the denoiser :math:`\hat x_0`; any path and
+    prediction. ``churn > 0`` adds Algorithm 2's noise: :math:`\gamma = \min(\text{churn}/N, \sqrt2 - 1)` where
+    :math:`s_{t\min} \le s \le s_{t\max}`, :math:`\hat s = (1 + \gamma)\,s`.
+
+    Parameters
+    ----------
+    model : callable
+        A continuous-time model ``model(x, t, cond) -> prediction`` with float ``t`` of shape ``(B,)``
+        (a discrete-time model goes through :func:`discrete_model`; guide with :func:`cfg`).
+    path : GaussianPath
+        The path, e.g. :func:`vp_path`, :func:`linear_path`, :func:`schedule_path`.
+    shape : tuple of int
+        The output shape ``(B, ...)``.
+    sigmas : sequence of float or torch.Tensor
+        The noise levels in :math:`\sigma/\alpha` of ``path``, positive and strictly decreasing (e.g.
+        :func:`karras_sigmas`); a final 0 is appended.
+    prediction : {"eps", "x0", "v", "score", "velocity"}, optional
+        What ``model`` returns (default ``"eps"``).
+    cond : torch.Tensor, optional
+        Integer labels, shape ``(B,)``.
+    generator : torch.Generator, optional
+        Source of :math:`x_T` and of the churn noise.
+    x_T : torch.Tensor, optional
+        :math:`\tilde x` at ``sigmas[0]`` (default ``sigmas[0]`` times :math:`\mathcal N(0, I)`).
+    callback : callable, optional
+        Called after every step with ``{"i", "sigma", "sigma_next", "x", "x0_hat"}``.
+    method : {"heun", "euler"}, optional
+        ``"heun"`` (Algorithm 1; :math:`2N - 1` calls for :math:`N` sigmas; default) or ``"euler"`` (:math:`N` calls).
+    churn : float, optional
+        :math:`S_\text{churn} \ge 0` (default 0: deterministic).
+    s_tmin, s_tmax : float, optional
+        The range of :math:`s` where churn applies (default everywhere).
+    s_noise : float, optional
+        :math:`S_\text{noise} \ge 0` (default 1).
+    device : torch.device or str, optional
+        Where to sample.
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`\tilde x = x` at :math:`s = 0`, of shape ``shape``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable, ``path`` is not a path, or a tensor argument is not a floating-point tensor.
+    ValueError
+        If an option is unknown or out of range, ``prediction`` cannot give :math:`x_0` where
+        :math:`\alpha(t_\max) = 0`, a shape is wrong, or the model's output holds NaN or inf; also if
+        ``sigmas`` is not positive and strictly decreasing, or churn raises the noise level above the
+        path's range.
+    """
     check_path(path)
     check_start(path, prediction)
     if method not in ("heun", "euler"):

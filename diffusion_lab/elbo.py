@@ -1,10 +1,11 @@
-"""The full DDPM variational bound for vector data (Ho et al. 2020, Eq. 5):
-L = L_0 + sum_{t>=2} L_{t-1} + L_T, in nats and bits per dimension.
+r"""The full DDPM variational bound for vector data (Ho et al. 2020, Eq. 5):
+:math:`L = L_0 + \sum_{t \ge 2} L_{t-1} + L_T`, in nats and bits per dimension.
 
-Paper times 1..T are indices 0..T-1 here. L_T = KL(q(x_T | x_0) || N(0, I)); for t >= 1,
-L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)), evaluated at one x_t ~ q(x_t | x_0)
-per example; L_0 = -log N(x_0; mu_theta(x_1), sigma_1^2) with sigma_1^2 = beta_1 (a continuous
-Gaussian decoder, so the bound is on the differential entropy of the data).
+Paper times :math:`1..T` are indices ``0..T-1`` here. :math:`L_T = \mathrm{KL}(q(x_T \mid x_0) \,\|\, \mathcal N(0, I))`;
+for :math:`t \ge 1`, :math:`L_{t-1} = \mathrm{KL}(q(x_{t-1} \mid x_t, x_0) \,\|\, p_\theta(x_{t-1} \mid x_t))`, evaluated
+at one :math:`x_t \sim q(x_t \mid x_0)` per example; :math:`L_0 = -\log \mathcal N(x_0; \mu_\theta(x_1), \sigma_1^2)`
+with :math:`\sigma_1^2 = \beta_1` (a continuous Gaussian decoder, so the bound is on the differential
+entropy of the data).
 """
 from __future__ import annotations
 
@@ -22,9 +23,44 @@ from .schedules import Schedule, to_working
 @torch.no_grad()
 def ddpm_elbo(model, schedule: Schedule, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None,
               variance: str = "posterior") -> dict:
-    """Per-term bound for a batch of vectors x0 (B, D). Returns a dict with
-    "L_0", "L_T" (floats, nats per example), "L_t" (tensor (T,), L_t[t] for t >= 1, L_t[0] = 0),
-    "total_nats" (L_0 + sum L_t + L_T per example), "bits_per_dim", and per-example "per_example" (B,)."""
+    r"""The full DDPM variational bound, term by term, for a batch of vectors (Ho et al. 2020, Eq. 5).
+
+    :math:`L = L_0 + \sum_{t \ge 2} L_{t-1} + L_T` in the paper's times :math:`1..T` (indices ``0..T-1`` here), with
+    :math:`L_T = \mathrm{KL}(q(x_T \mid x_0) \,\|\, \mathcal N(0, I))`,
+    :math:`L_{t-1} = \mathrm{KL}(q(x_{t-1} \mid x_t, x_0) \,\|\, p_\theta(x_{t-1} \mid x_t))` at one
+    :math:`x_t \sim q(x_t \mid x_0)` per example, and :math:`L_0 = -\log \mathcal N(x_0; \mu_\theta(x_1), \sigma_1^2)`
+    with :math:`\sigma_1^2 = \beta_1`: a continuous Gaussian decoder, so the bound is on the differential
+    entropy of the data.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, t, cond) -> eps_hat``.
+    schedule : Schedule
+        The variance schedule.
+    x0 : torch.Tensor
+        Data vectors, shape ``(B, D)``.
+    cond : torch.Tensor, optional
+        Integer labels, shape ``(B,)``.
+    generator : torch.Generator, optional
+        Source of the :math:`x_t` draws.
+    variance : {"posterior", "beta"}, optional
+        The reverse variance of :math:`p_\theta` (see :func:`ddpm_step`).
+
+    Returns
+    -------
+    dict
+        ``"L_0"``, ``"L_T"`` (floats, nats per example), ``"L_t"`` (tensor ``(T,)``: ``L_t[t]`` for
+        :math:`t \ge 1`, ``L_t[0] = 0``), ``"total_nats"`` (:math:`L_0 + \sum L_t + L_T` per example),
+        ``"bits_per_dim"``, and ``"per_example"`` (shape ``(B,)``).
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If an argument is invalid, ``x0`` is not of shape ``(B, D)``, or ``variance`` is unknown.
+    """
     _check_model(model)
     _check_schedule(schedule)
     check_tensor("x0", x0)

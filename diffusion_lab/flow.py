@@ -1,8 +1,10 @@
-"""Flow matching and rectified flow on the linear path x_t = (1 - t) x0 + t eps (Lipman et al. 2023, Eqs. 22-23;
-Liu et al. 2023, Eq. 1), SD3's logit-normal times (Esser et al. 2024, Eq. 19), the minibatch optimal-transport
-coupling (Tong et al. 2023, OT-CFM) and Liu et al.'s straightness. A flow model predicts the velocity
-dx_t/dt = eps - x0 and samples with ode_sample(model, linear_path(), shape, prediction="velocity"); dl.cfg wraps it
-unchanged (a guided velocity is the same affine combination as a guided eps at fixed x_t and t)."""
+r"""Flow matching and rectified flow on the linear path :math:`x_t = (1 - t)\,x_0 + t\,\epsilon` (Lipman et al. 2023,
+Eqs. 22-23; Liu et al. 2023, Eq. 1), SD3's logit-normal times (Esser et al. 2024, Eq. 19), the minibatch
+optimal-transport coupling (Tong et al. 2023, OT-CFM) and Liu et al.'s straightness. A flow model predicts the
+velocity :math:`dx_t/dt = \epsilon - x_0` and samples with
+``ode_sample(model, linear_path(), shape, prediction="velocity")``; ``dl.cfg`` wraps it unchanged (a guided
+velocity is the same affine combination as a guided :math:`\epsilon` at fixed :math:`x_t` and :math:`t`).
+"""
 from __future__ import annotations
 
 import torch
@@ -28,15 +30,53 @@ class _UnitTime:
 
 
 class VelocityMLP(_UnitTime, TimeMLP):
-    """TimeMLP as a velocity model: model(x, t, cond=None) -> dx_t/dt, float t in [0, 1] of shape (B,)."""
+    r"""A :class:`TimeMLP` as a velocity model: ``model(x, t, cond=None)`` :math:`\to dx_t/dt`, float ``t`` in :math:`[0, 1]` of shape ``(B,)``.
+
+    ``t`` is scaled by 1000 before the time embedding. Same constructor arguments as :class:`TimeMLP`.
+
+    Parameters
+    ----------
+    dim, hidden, depth, emb_dim, num_classes, sample_shape
+        As for :class:`TimeMLP`.
+    """
 
 
 class VelocityUNet(_UnitTime, UNet):
-    """UNet as a velocity model: model(x, t, cond=None) -> dx_t/dt, float t in [0, 1] of shape (B,)."""
+    r"""A :class:`UNet` as a velocity model: ``model(x, t, cond=None)`` :math:`\to dx_t/dt`, float ``t`` in :math:`[0, 1]` of shape ``(B,)``.
+
+    ``t`` is scaled by 1000 before the time embedding. Same constructor arguments as :class:`UNet`.
+
+    Parameters
+    ----------
+    in_channels, base, mults, emb_dim, num_classes
+        As for :class:`UNet`.
+    """
 
 
 def make_velocity_net(sample_shape, num_classes: int | None = None, arch: str = "auto", **kwargs) -> torch.nn.Module:
-    """make_denoiser's architecture (same arguments) taking float t in [0, 1]."""
+    r""":func:`make_denoiser`'s architecture (same arguments) as a velocity model taking float :math:`t \in [0, 1]`.
+
+    Parameters
+    ----------
+    sample_shape : tuple of int
+        One sample's shape: ``(dim,)`` or ``(C, H, W)``.
+    num_classes : int, optional
+        Number of classes for conditioning.
+    arch : {"auto", "mlp", "unet"}, optional
+        As for :func:`make_denoiser`.
+    **kwargs
+        Passed to the network's constructor.
+
+    Returns
+    -------
+    torch.nn.Module
+        A :class:`VelocityMLP` or :class:`VelocityUNet`.
+
+    Raises
+    ------
+    ValueError
+        If ``arch`` is unknown or ``sample_shape`` is neither ``(dim,)`` nor ``(C, H, W)``.
+    """
     net = make_denoiser(sample_shape, num_classes=num_classes, arch=arch, **kwargs)
     return {TimeMLP: VelocityMLP, UNet: VelocityUNet}[type(net)](**net.config)
 
@@ -72,8 +112,41 @@ def _flow_loss(model, x0, cond, generator, t_sampling, eps=None):
 
 def flow_matching_loss(model, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None,
                        t_sampling: str = "uniform") -> torch.Tensor:
-    """Conditional flow matching loss: mean over the batch and dimensions of |v(x_t, t) - (eps - x0)|^2 with
-    x_t = (1 - t) x0 + t eps, eps ~ N(0, I), t ~ t_sampling ("uniform" or "logit_normal"). A scalar."""
+    r"""The conditional flow matching loss (Lipman et al. 2023, Eqs. 22-23; Liu et al. 2023, Eq. 1).
+
+    .. math::
+
+       L = \mathbb E\,\big\| v_\theta(x_t, t) - (\epsilon - x_0) \big\|^2, \qquad x_t = (1 - t)\,x_0 + t\,\epsilon,
+       \quad \epsilon \sim \mathcal N(0, I),
+
+    the mean over the batch and the dimensions, with :math:`t` drawn by ``t_sampling``.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, t, cond) -> velocity`` with float ``t`` of shape ``(B,)``.
+    x0 : torch.Tensor
+        A batch of data, shape ``(B, ...)``.
+    cond : torch.Tensor, optional
+        Integer labels, shape ``(B,)``.
+    generator : torch.Generator, optional
+        Source of :math:`t` and :math:`\epsilon`.
+    t_sampling : {"uniform", "logit_normal"}, optional
+        Uniform on :math:`(0, 1)` (default), or SD3's logit-normal :math:`\mathrm{sigmoid}(\mathcal N(0, 1))`
+        (Esser et al. 2024, Eq. 19).
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``x0`` is not a finite floating-point batch, or ``t_sampling`` is unknown.
+    """
     _check_model(model)
     check_tensor("x0", x0)
     if x0.ndim < 2:
@@ -85,9 +158,29 @@ def flow_matching_loss(model, x0: torch.Tensor, cond=None, generator: torch.Gene
 
 
 def ot_coupling(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """eps reordered so that the pairs (x0_i, eps_i) minimise sum_i |x0_i - eps_i|^2 over all permutations:
-    the exact minibatch OT plan (Tong et al. 2023, Sec. 3.2), by the Hungarian method (scipy). Given tensors
-    on an accelerator, the cost matrix comes to the host (a sync); train_flow avoids that by coupling on the host."""
+    r"""The exact minibatch optimal-transport plan (Tong et al. 2023, Sec. 3.2): ``eps`` reordered.
+
+    The pairs :math:`(x_{0,i}, \epsilon_i)` minimise :math:`\sum_i \|x_{0,i} - \epsilon_i\|^2` over all
+    permutations, found by the Hungarian method (scipy's ``linear_sum_assignment``). Given tensors on an
+    accelerator, the cost matrix comes to the host (a sync); :func:`train_flow` avoids that by coupling on the host.
+
+    Parameters
+    ----------
+    x0, eps : torch.Tensor
+        Data and noise, of one shape ``(B, ...)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``eps`` permuted along the batch.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If the inputs are not finite floating-point tensors of one shape.
+    """
     from scipy.optimize import linear_sum_assignment
     cost = torch.cdist(x0.detach().flatten(1).double().cpu(), eps.detach().flatten(1).double().cpu()) ** 2  # (B, B)
     rows, cols = linear_sum_assignment(cost.numpy())             # rows = 0..B-1 for a square matrix
@@ -97,14 +190,56 @@ def ot_coupling(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 def train_flow(data: torch.Tensor, labels: torch.Tensor | None = None, config: TrainConfig | None = None, *,
                pairs: torch.Tensor | None = None, t_sampling: str = "uniform", coupling: str = "independent",
                model: torch.nn.Module | None = None, device=None, callback=None, **overrides):
-    """Train a velocity model by flow matching on any (N, D) or (N, C, H, W) float tensor, with train_ddpm's loop
-    (seeded, EMA, clipping, progress bar, TrainingDivergedError) and options (TrainConfig or keywords).
+    """Train a velocity model by flow matching (:func:`flow_matching_loss`), with :func:`train_ddpm`'s loop and options.
 
-    labels: class-conditional, each label dropped to the null label with probability p_uncond (for dl.cfg).
-    pairs: the noise coupled to each data point (rectified flow: x_T from reflow_pairs, data = its x_0);
-    without pairs each batch draws fresh noise, coupled independently or, with coupling="ot", by minibatch OT.
-    model: train this module (in place, as train_ddpm does) instead of a new one; pass a copy to keep the original.
-    Returns (model, losses); sample with ode_sample(model, linear_path(), shape, prediction="velocity")."""
+    The loop is seeded, with EMA, clipping, a progress bar and :class:`TrainingDivergedError`. Sample the
+    result with ``ode_sample(model, linear_path(), shape, prediction="velocity")``.
+
+    Parameters
+    ----------
+    data : torch.Tensor
+        Training data, shape ``(N, D)`` or ``(N, C, H, W)``.
+    labels : torch.Tensor, optional
+        Integer labels ``(N,)``: class-conditional, each label dropped to the null label with probability
+        ``p_uncond`` (for :func:`cfg`).
+    pairs : torch.Tensor, optional
+        The noise coupled to each data point, of ``data``'s shape (rectified flow: :math:`x_T` from
+        :func:`reflow_pairs`, ``data`` its :math:`x_0`). Without pairs each batch draws fresh noise.
+    t_sampling : {"uniform", "logit_normal"}, optional
+        How training times are drawn.
+    coupling : {"independent", "ot"}, optional
+        Couple fresh noise independently (default) or by minibatch OT (:func:`ot_coupling`); must be
+        ``"independent"`` when ``pairs`` are given.
+
+    config : TrainConfig, optional
+        The options (default ``TrainConfig()``).
+    model : torch.nn.Module, optional
+        Train this module (in place, as :func:`train_ddpm` does) instead of a new one; pass a copy to keep the original.
+    device : torch.device or str, optional
+        Where to train (default: the model's device, else the CPU).
+    callback : callable, optional
+        Called after every step with ``{"step", "loss", "model"}`` (the loss as a float; on an accelerator
+        that costs a device-to-host wait every step).
+    **overrides
+        Any :class:`TrainConfig` field, e.g. ``steps=1500``, replacing the config's value.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The trained model (the EMA weights when ``ema_decay`` is set), in eval mode.
+    losses : list of float
+        The loss of every step.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a :class:`TrainConfig`, an override is not one of its fields, or ``data`` is not
+        a floating-point tensor.
+    ValueError
+        If an argument is out of range or of the wrong shape.
+    TrainingDivergedError
+        If the loss becomes NaN or infinite (naming the first bad step).
+    """
     config = _config(config, overrides)
     _check_data(data, labels)
     _check_choice("t_sampling", t_sampling, T_SAMPLINGS)
@@ -159,9 +294,42 @@ def _start(model, n, steps, generator, shape, cond):
 @torch.no_grad()
 def reflow_pairs(model, n: int, steps: int = 50, generator: torch.Generator | None = None, *, method: str = "heun",
                  cond=None, shape=None):
-    """(x_T, x_0): n noise draws and where the flow's ODE takes them (ode_sample, `method`, `steps`): the
-    coupling that one round of rectification trains on (Liu et al. 2023, Algorithm 1). shape: one sample's
-    shape, read from model.config["sample_shape"] when not given; cond: labels (n,) for a conditional flow."""
+    """:math:`(x_T, x_0)`: ``n`` noise draws and where the flow's ODE takes them.
+
+    The coupling that one round of rectification trains on (Liu et al. 2023, Algorithm 1), computed with
+    :func:`ode_sample`.
+
+    Parameters
+    ----------
+    model : callable
+        A velocity model.
+    n : int
+        Number of pairs.
+    steps : int, optional
+        ODE steps (default 50).
+    generator : torch.Generator, optional
+        Source of the noise.
+    method : str, optional
+        The ODE solver (default ``"heun"``).
+    cond : torch.Tensor, optional
+        Labels ``(n,)`` for a conditional flow.
+    shape : tuple of int, optional
+        One sample's shape, read from ``model.config["sample_shape"]`` when not given.
+
+    Returns
+    -------
+    x_T : torch.Tensor
+        The noise, shape ``(n, *shape)``.
+    x_0 : torch.Tensor
+        Where the flow takes it.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If an argument is invalid or the shape cannot be found.
+    """
     steps, shape, x_T = _start(model, n, steps, generator, shape, cond)
     x_0 = ode_sample(model, linear_path(), shape, steps=steps, method=method, prediction="velocity", cond=cond,
                      x_T=x_T)
@@ -171,9 +339,40 @@ def reflow_pairs(model, n: int, steps: int = 50, generator: torch.Generator | No
 @torch.no_grad()
 def straightness(model, n: int, steps: int = 100, generator: torch.Generator | None = None, *, cond=None,
                  shape=None) -> float:
-    """Liu et al. 2023's straightness S = int_0^1 E |(x_1 - x_0) - v(x_t, t)|^2 dt along the flow's own paths
-    (x_1 noise, x_0 where the ODE takes it; |.|^2 summed over dimensions, E over n draws), by Euler with
-    `steps` uniform steps and the left-point rule. 0 exactly when every path is a straight line."""
+    r"""Liu et al. (2023)'s straightness of a flow, 0 exactly when every path is a straight line.
+
+    .. math:: S = \int_0^1 \mathbb E\,\big\|(x_1 - x_0) - v(x_t, t)\big\|^2\,dt
+
+    along the flow's own paths (:math:`x_1` noise, :math:`x_0` where the ODE takes it; the squared norm summed
+    over dimensions, the expectation over ``n`` draws), by Euler with ``steps`` uniform steps and the
+    left-point rule.
+
+    Parameters
+    ----------
+    model : callable
+        A velocity model.
+    n : int
+        Number of paths.
+    steps : int, optional
+        Euler steps (default 100).
+    generator : torch.Generator, optional
+        Source of the noise.
+    cond : torch.Tensor, optional
+        Labels ``(n,)`` for a conditional flow.
+    shape : tuple of int, optional
+        One sample's shape (default from ``model.config``).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If an argument is invalid or the shape cannot be found.
+    """
     steps, shape, x_T = _start(model, n, steps, generator, shape, cond)
     xs = []
     x_0 = ode_sample(model, linear_path(), shape, steps=steps, method="euler", prediction="velocity", cond=cond,

@@ -1,9 +1,10 @@
-"""Guidance as model wrappers, so samplers never know about it.
+r"""Guidance as model wrappers, so samplers never know about it.
 
-Classifier-free guidance (Ho & Salimans 2021): eps = eps_uncond + scale (eps_cond - eps_uncond),
-where scale = 1 is the plain conditional model and scale = 0 the unconditional one (the paper's
-w corresponds to scale = 1 + w). Classifier guidance (Dhariwal & Nichol 2021, Algorithm 2):
-eps = eps_theta(x_t) - s sqrt(1 - alpha_bar_t) grad_x log p_phi(c | x_t, t).
+Classifier-free guidance (Ho & Salimans 2021):
+:math:`\hat\epsilon = \epsilon_\text{uncond} + s\,(\epsilon_\text{cond} - \epsilon_\text{uncond})`, where :math:`s = 1`
+is the plain conditional model and :math:`s = 0` the unconditional one (the paper's :math:`w` corresponds to
+:math:`s = 1 + w`). Classifier guidance (Dhariwal & Nichol 2021, Algorithm 2):
+:math:`\hat\epsilon = \epsilon_\theta(x_t) - s\sqrt{1 - \bar\alpha_t}\,\nabla_x \log p_\phi(c \mid x_t, t)`.
 """
 from __future__ import annotations
 
@@ -14,7 +15,33 @@ from .schedules import Schedule, to_working
 
 
 def cfg_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
-    """eps_uncond + scale * (eps_cond - eps_uncond); scale = 1 is the conditional model."""
+    r"""Classifier-free guidance on two noise predictions (Ho & Salimans 2021).
+
+    .. math:: \hat\epsilon = \epsilon_\text{uncond} + s\,(\epsilon_\text{cond} - \epsilon_\text{uncond}),
+
+    where :math:`s = 1` is the conditional model and :math:`s = 0` the unconditional one (the paper's
+    :math:`w` is :math:`s = 1 + w`; :func:`cfg_w_to_scale` converts).
+
+    Parameters
+    ----------
+    eps_uncond, eps_cond : torch.Tensor
+        The unconditional and conditional predictions, of one shape ``(B, ...)``.
+    scale : float
+        The guidance scale :math:`s`.
+
+    Returns
+    -------
+    torch.Tensor
+        The guided prediction, of the inputs' shape.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If a prediction is not a finite floating-point tensor, the shapes differ, or ``scale`` is not a
+        finite number.
+    """
     check_tensor("eps_uncond", eps_uncond)
     check_tensor("eps_cond", eps_cond)
     check_same_shape(eps_uncond=eps_uncond, eps_cond=eps_cond)
@@ -23,7 +50,30 @@ def cfg_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> t
 
 
 def cfg(model, scale: float):
-    """Wrap a conditional model (one that also accepts cond=None) into a guided epsilon model."""
+    r"""Wrap a conditional model into a classifier-free-guided :math:`\epsilon`-model (Ho & Salimans 2021).
+
+    The wrapper calls ``model`` with the labels and with ``cond=None`` and combines the two with
+    :func:`cfg_eps`, so any sampler can use it unchanged.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, t, cond) -> eps_hat`` that also accepts ``cond=None`` (trained with label dropout).
+    scale : float
+        The guidance scale :math:`s` (1: the conditional model).
+
+    Returns
+    -------
+    callable
+        ``guided(x, t, cond) -> eps_hat``; it raises ``ValueError`` when called with ``cond=None``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable, or ``scale`` is not a real number.
+    ValueError
+        If ``scale`` is not finite.
+    """
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")
     scale = check_number("scale", scale)
@@ -40,7 +90,31 @@ def cfg(model, scale: float):
 
 
 def classifier_grad(classifier, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """grad_x log p_phi(cond | x, t) for a classifier returning logits classifier(x, t)."""
+    r""":math:`\nabla_x \log p_\phi(c \mid x, t)` for a classifier that returns logits.
+
+    Parameters
+    ----------
+    classifier : callable
+        ``classifier(x, t) -> logits`` of shape ``(B, K)``.
+    x : torch.Tensor
+        Noisy samples, shape ``(B, ...)``.
+    t : torch.Tensor
+        Timesteps, shape ``(B,)``.
+    cond : torch.Tensor
+        Integer labels in ``[0, K-1]``, shape ``(B,)``.
+
+    Returns
+    -------
+    torch.Tensor
+        The gradient, of ``x``'s shape.
+
+    Raises
+    ------
+    TypeError
+        If ``classifier`` is not callable or ``x`` is not a floating-point tensor.
+    ValueError
+        If ``x`` holds NaN or inf, or the labels are not of shape ``(B,)`` or out of the logits' range.
+    """
     if not callable(classifier):
         raise TypeError(f"classifier must be callable as classifier(x, t), got {type(classifier).__name__}")
     check_tensor("x", x)
@@ -68,10 +142,39 @@ def _classifier_grad(classifier, x, t, cond, check_range: bool):
 
 
 def classifier_guidance(model, classifier, schedule: Schedule, scale: float):
-    """Wrap an epsilon model and a noise-aware classifier into a guided epsilon model.
+    r"""Wrap an :math:`\epsilon`-model and a noise-aware classifier into a guided :math:`\epsilon`-model.
 
-    The labels' range is checked the first time the wrapper sees a cond tensor (a sampler passes the
-    same one every step), not every step: reading the labels would stall a GPU each time."""
+    .. math::
+
+       \hat\epsilon = \epsilon_\theta(x_t) - s\,\sqrt{1 - \bar\alpha_t}\;\nabla_{x_t}\log p_\phi(c \mid x_t, t)
+
+    (Dhariwal & Nichol 2021, Algorithm 2). The labels' range is checked the first time the wrapper sees a
+    ``cond`` tensor (a sampler passes the same one every step), not every step: reading the labels would
+    stall a GPU each time.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, t, cond) -> eps_hat``; it is called with ``cond=None``.
+    classifier : callable
+        ``classifier(x, t) -> logits`` (e.g. :class:`NoisyClassifier`).
+    schedule : Schedule
+        The schedule both were trained with.
+    scale : float
+        The guidance scale :math:`s \ge 0`.
+
+    Returns
+    -------
+    callable
+        ``guided(x, t, cond) -> eps_hat``; it raises ``ValueError`` when called with ``cond=None``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` or ``classifier`` is not callable, or ``schedule`` is not a :class:`Schedule`.
+    ValueError
+        If ``scale`` is negative.
+    """
     if not callable(model) or not callable(classifier):
         raise TypeError("model and classifier must be callable")
     if not isinstance(schedule, Schedule):

@@ -1,7 +1,9 @@
-"""Exact log-likelihoods by the probability-flow ODE and the instantaneous change of variables
-(Chen et al. 2018, Theorem 1; Song et al. 2021, Eq. 39): log p_0(x) = log p_1(x_1) + int_0^1 div u(x_t, t) dt,
-with the divergence exact (autograd, D backward passes) or Hutchinson's unbiased estimate
-E[z^T (du/dx) z] (Grathwohl et al. 2019), one probe z per sample for the whole solve."""
+r"""Exact log-likelihoods by the probability-flow ODE and the instantaneous change of variables
+(Chen et al. 2018, Theorem 1; Song et al. 2021, Eq. 39):
+:math:`\log p_0(x) = \log p_1(x_1) + \int_0^1 \nabla\cdot u(x_t, t)\,dt`, with the divergence exact (autograd,
+:math:`D` backward passes) or Hutchinson's unbiased estimate :math:`\mathbb E[z^\top (\partial u/\partial x)\,z]`
+(Grathwohl et al. 2019), one probe :math:`z` per sample for the whole solve.
+"""
 from __future__ import annotations
 
 import math
@@ -19,10 +21,51 @@ DIVERGENCES = ("exact", "hutchinson")
 
 def ode_log_likelihood(model, path, x: torch.Tensor, prediction: str = "eps", steps: int = 100, cond=None,
                        divergence: str = "exact", generator: torch.Generator | None = None) -> torch.Tensor:
-    """log p_0(x) in nats, one value per sample (shape (B,)), integrating [x, logdet] from t_min to t_max with
-    classical RK4 over `steps` uniform steps in t. The prior at t_max is N(0, sigma(t_max)^2 I): exact for the
-    linear path, and it neglects alpha(t_max) x_0 (VP: alpha(1) = 6.7e-3). Where t_min > 0 (VP 1e-3) the result
-    is log p_{t_min}(x), the data blurred by sigma(t_min) (VP: 0.01). The model must be differentiable in x."""
+    r"""Exact log-likelihood :math:`\log p_0(x)` in nats by the probability-flow ODE (Song et al. 2021, Eq. 39).
+
+    The instantaneous change of variables (Chen et al. 2018, Theorem 1),
+    :math:`\log p_0(x) = \log p_1(x_1) + \int_0^1 \nabla\cdot u(x_t, t)\,dt`, integrated for
+    :math:`[x, \log\det]` from ``t_min`` to ``t_max`` with classical RK4 over ``steps`` uniform steps in :math:`t`.
+    The prior at ``t_max`` is :math:`\mathcal N(0, \sigma(t_\max)^2 I)`: exact for the linear path, and it
+    neglects :math:`\alpha(t_\max)\,x_0` (VP: :math:`\alpha(1)` = 6.7e-3). Where ``t_min > 0`` (VP: 1e-3) the result is
+    :math:`\log p_{t_\min}(x)`, the data blurred by :math:`\sigma(t_\min)` (VP: 0.01). The model must be
+    differentiable in :math:`x`.
+
+    Parameters
+    ----------
+    model : callable
+        A continuous-time model ``model(x, t, cond) -> prediction`` with float ``t`` of shape ``(B,)``
+        (a discrete-time model goes through :func:`discrete_model`; guide with :func:`cfg`).
+    path : GaussianPath
+        The path, e.g. :func:`vp_path`, :func:`linear_path`, :func:`schedule_path`.
+    x : torch.Tensor
+        Data, shape ``(B, ...)``.
+    prediction : {"eps", "x0", "v", "score", "velocity"}, optional
+        What ``model`` returns (default ``"eps"``).
+    steps : int, optional
+        RK4 steps (default 100).
+    cond : torch.Tensor, optional
+        Integer labels, shape ``(B,)``.
+    divergence : {"exact", "hutchinson"}, optional
+        ``"exact"`` (autograd, :math:`D` backward passes; default) or Hutchinson's unbiased estimate
+        :math:`\mathbb E[z^\top (\partial u/\partial x)\,z]` (Grathwohl et al. 2019), one probe :math:`z` per
+        sample for the whole solve.
+    generator : torch.Generator, optional
+        Source of the Hutchinson probes.
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`\log p_0(x)` per sample, shape ``(B,)``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable, ``path`` is not a path, or a tensor argument is not a floating-point tensor.
+    ValueError
+        If an option is unknown or out of range, ``prediction`` cannot give :math:`x_0` where
+        :math:`\alpha(t_\max) = 0`, a shape is wrong, or the model's output holds NaN or inf.
+    """
     _check_model(model)
     check_path(path)
     check_prediction(prediction)
@@ -73,8 +116,30 @@ def ode_log_likelihood(model, path, x: torch.Tensor, prediction: str = "eps", st
 
 
 def bits_per_dim(log_likelihood: torch.Tensor, num_dims: int) -> torch.Tensor:
-    """-log p / (D log 2): nats per sample to bits per dimension. For 8-bit images scaled to [-1, 1], add
-    log2(127.5) per dimension (the Jacobian of the scaling) to compare with published numbers."""
+    r"""Nats per sample to bits per dimension: :math:`-\log p / (D \log 2)`.
+
+    For 8-bit images scaled to :math:`[-1, 1]`, add :math:`\log_2 127.5` per dimension (the Jacobian of the
+    scaling) to compare with published numbers.
+
+    Parameters
+    ----------
+    log_likelihood : torch.Tensor
+        :math:`\log p(x)` in nats, any shape.
+    num_dims : int
+        The data dimension :math:`D`.
+
+    Returns
+    -------
+    torch.Tensor
+        Of ``log_likelihood``'s shape.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``log_likelihood`` is not a finite floating-point tensor or ``num_dims < 1``.
+    """
     check_tensor("log_likelihood", log_likelihood)
     num_dims = check_int("num_dims", num_dims, low=1)
     return -log_likelihood / (num_dims * math.log(2))

@@ -18,8 +18,31 @@ def _check_sets(x, y):
 
 def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_projections: int = 256,
                        generator: torch.Generator | None = None) -> float:
-    """Sliced 2-Wasserstein distance: sqrt of the mean over random unit directions of W_2^2 between
-    the 1-D projections (quantiles matched at N = min(len(x), len(y)) levels)."""
+    r"""Sliced 2-Wasserstein distance between two sample sets.
+
+    The square root of the mean, over random unit directions :math:`u`, of :math:`W_2^2` between the 1-D
+    projections :math:`u^\top x` and :math:`u^\top y` (quantiles matched at :math:`N = \min(|x|, |y|)` levels).
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        Samples, shapes ``(N_x, D)`` and ``(N_y, D)``.
+    n_projections : int, optional
+        Number of random directions (default 256).
+    generator : torch.Generator, optional
+        Source of the directions.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If the inputs are not finite floating-point tensors of one dimension ``D``, or ``n_projections < 1``.
+    """
     _check_sets(x, y)
     n_projections = check_int("n_projections", n_projections, low=1)
     x, y = x.double().cpu(), y.double().cpu()
@@ -36,7 +59,25 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_projections: int = 25
 
 
 def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.1, 0.3, 1.0, 3.0)) -> float:
-    """Unbiased squared maximum mean discrepancy with a sum of Gaussian kernels (Gretton et al. 2012)."""
+    r"""Unbiased squared maximum mean discrepancy with a sum of Gaussian kernels (Gretton et al. 2012).
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        Samples, shapes ``(N_x, D)`` and ``(N_y, D)``, at least 2 each.
+    bandwidths : sequence of float, optional
+        The kernels' bandwidths (default ``(0.1, 0.3, 1.0, 3.0)``).
+
+    Returns
+    -------
+    float
+        :math:`\widehat{\mathrm{MMD}}^2` (can be slightly negative: it is unbiased).
+
+    Raises
+    ------
+    ValueError
+        If a set has fewer than 2 samples, or the inputs are not finite tensors of one dimension.
+    """
     _check_sets(x, y)
     if x.shape[0] < 2 or y.shape[0] < 2:
         raise ValueError(f"mmd needs at least 2 samples in each set, got {x.shape[0]} and {y.shape[0]}")
@@ -53,7 +94,10 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.1, 0.3, 1.0, 3.0)) -> fl
 
 
 class DigitsClassifier(nn.Module):
-    """A small CNN for 8x8 digits in [-1, 1], used only to judge generated digits."""
+    """A small CNN for 8x8 digits in :math:`[-1, 1]`, used only to judge generated digits.
+
+    Trained by :func:`train_digits_classifier`, independently of every generative model.
+    """
 
     def __init__(self):
         super().__init__()
@@ -63,11 +107,46 @@ class DigitsClassifier(nn.Module):
                                  nn.Linear(128, 10))
 
     def forward(self, x):
+        """Class logits.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Digits, shape ``(B, 1, 8, 8)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Logits, shape ``(B, 10)``.
+        """
         return self.net(x)
 
 
 def train_digits_classifier(steps: int = 1500, seed: int = 0, test_fraction: float = 0.25):
-    """Train DigitsClassifier on a seeded split of the sklearn digits; returns (classifier, held-out accuracy)."""
+    """Train a :class:`DigitsClassifier` on a seeded split of the scikit-learn digits.
+
+    Parameters
+    ----------
+    steps : int, optional
+        Optimizer steps (default 1500).
+    seed : int, optional
+        Seeds the split and the training (default 0).
+    test_fraction : float, optional
+        Held-out fraction, in :math:`(0, 1)` (default 0.25).
+
+    Returns
+    -------
+    classifier : DigitsClassifier
+    accuracy : float
+        Accuracy on the held-out part.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If an argument is out of range.
+    """
     from .data import load_digits
 
     steps = check_int("steps", steps, low=1)
@@ -93,7 +172,29 @@ def train_digits_classifier(steps: int = 1500, seed: int = 0, test_fraction: flo
 
 @torch.no_grad()
 def classifier_accuracy(classifier, x: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of x that the classifier assigns to `labels`."""
+    """The fraction of ``x`` that ``classifier`` assigns to ``labels``.
+
+    Parameters
+    ----------
+    classifier : callable
+        ``classifier(x) -> logits``, shape ``(B, K)``.
+    x : torch.Tensor
+        Inputs, shape ``(B, ...)``.
+    labels : torch.Tensor
+        Integer labels, shape ``(B,)``.
+
+    Returns
+    -------
+    float
+        In :math:`[0, 1]`.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``x`` is not a finite floating-point tensor or ``labels`` is not of shape ``(B,)``.
+    """
     check_tensor("x", x)
     if labels.shape != (x.shape[0],):
         raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(labels.shape)}")

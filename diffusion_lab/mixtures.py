@@ -1,9 +1,10 @@
-"""Gaussian mixtures with exact densities, scores and denoisers: the oracle behind the tests and chapters.
+r"""Gaussian mixtures with exact densities, scores and denoisers: the oracle behind the tests and chapters.
 
 Noising a mixture keeps it a mixture: under the forward process
-q(x_t) = sum_k w_k N(sqrt(ab) mu_k, ab Sigma_k + (1 - ab) I), and under additive noise of
-scale sigma, p_sigma(x) = sum_k w_k N(mu_k, Sigma_k + sigma^2 I). So the score at every
-noise level, eps* = -sqrt(1 - ab) * score (Tweedie), and p(c | x_t) are all exact.
+:math:`q(x_t) = \sum_k w_k\,\mathcal N(\sqrt{\bar\alpha}\,\mu_k,\ \bar\alpha\,\Sigma_k + (1 - \bar\alpha) I)`, and under
+additive noise of scale :math:`\sigma`, :math:`p_\sigma(x) = \sum_k w_k\,\mathcal N(\mu_k, \Sigma_k + \sigma^2 I)`. So the
+score at every noise level, :math:`\epsilon^* = -\sqrt{1 - \bar\alpha}\,\nabla\log q` (Tweedie), and :math:`p(c \mid x_t)`
+are all exact.
 """
 from __future__ import annotations
 
@@ -16,12 +17,33 @@ from .schedules import Schedule
 
 
 class GaussianMixture:
-    """sum_k w_k N(mu_k, Sigma_k) in D dimensions, with optional integer class labels per component.
+    r"""A Gaussian mixture :math:`\sum_k w_k\,\mathcal N(\mu_k, \Sigma_k)` in :math:`D` dimensions, the book's exact oracle.
 
-    A CPU oracle: everything is computed in float64 on the CPU. Given x on another device, a method
-    copies x to the CPU (a device-to-host sync per call, so an oracle sampler on a GPU waits every step:
-    fine for tests, not for speed) and returns its result on x's device in x's dtype, cast on the CPU
-    first, so no float64 tensor reaches the device (Apple's MPS has none)."""
+    Optional integer class labels per component make it a labelled distribution. A CPU oracle:
+    everything is computed in float64 on the CPU. Given ``x`` on another device, a method copies ``x`` to
+    the CPU (a device-to-host sync per call, so an oracle sampler on a GPU waits every step: fine for tests,
+    not for speed) and returns its result on ``x``'s device in ``x``'s dtype, cast on the CPU first, so no
+    float64 tensor reaches the device (Apple's MPS has none).
+
+    Parameters
+    ----------
+    means : array_like
+        Component means, shape ``(K, D)``.
+    covs : array_like, optional
+        Covariances, shape ``(K, D, D)``, symmetric positive definite. Give exactly one of ``covs`` and ``stds``.
+    weights : array_like, optional
+        ``K`` positive weights summing to 1 (default: equal).
+    stds : float or array_like, optional
+        Isotropic standard deviations, one per component ``(K,)`` or one for all.
+    labels : array_like, optional
+        An integer class label per component, shape ``(K,)``.
+
+    Raises
+    ------
+    ValueError
+        If a shape is wrong, both or neither of ``covs`` and ``stds`` are given, a covariance is not
+        positive definite, or the weights are not positive or do not sum to 1.
+    """
 
     def __init__(self, means, covs=None, weights=None, *, stds=None, labels=None):
         means = torch.as_tensor(means, dtype=torch.float64)
@@ -50,23 +72,42 @@ class GaussianMixture:
 
     @property
     def dim(self) -> int:
+        """The dimension :math:`D`."""
         return self.means.shape[1]
 
     @property
     def num_classes(self) -> int:
+        """Number of classes (0 without labels)."""
         return 0 if self.labels is None else int(self.labels.max()) + 1
 
     # ---- moments and sampling -------------------------------------------------------
     def mean(self) -> torch.Tensor:
+        r"""The mixture's mean :math:`\sum_k w_k \mu_k`, float64, shape ``(D,)``."""
         return self.weights @ self.means
 
     def covariance(self) -> torch.Tensor:
+        """The mixture's covariance, float64, shape ``(D, D)``."""
         m = self.mean()
         second = (self.weights[:, None, None] * (self.covs + self.means[:, :, None] * self.means[:, None, :])).sum(0)
         return second - m[:, None] * m[None, :]
 
     def sample(self, n: int, generator: torch.Generator | None = None):
-        """(x, component) with x of shape (n, D) float32 and the component index of each sample."""
+        r"""Draw ``n`` samples.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples, :math:`\ge 1`.
+        generator : torch.Generator, optional
+            Source of the draws.
+
+        Returns
+        -------
+        x : torch.Tensor
+            float32, shape ``(n, D)``.
+        component : torch.Tensor
+            The component index of each sample, shape ``(n,)``.
+        """
         n = check_int("n", n, low=1)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = randn((n, self.dim), generator, device="cpu", dtype=torch.float64)
@@ -75,7 +116,27 @@ class GaussianMixture:
         return x.float(), k
 
     def sample_labelled(self, n: int, generator: torch.Generator | None = None):
-        """(x, class label) for a mixture built with labels."""
+        """Draw ``n`` samples with their class labels (a mixture built with ``labels``).
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        generator : torch.Generator, optional
+            Source of the draws.
+
+        Returns
+        -------
+        x : torch.Tensor
+            Shape ``(n, D)``.
+        labels : torch.Tensor
+            Shape ``(n,)``.
+
+        Raises
+        ------
+        ValueError
+            If the mixture has no labels.
+        """
         if self.labels is None:
             raise ValueError("this mixture has no labels; build it with labels=...")
         x, k = self.sample(n, generator)
@@ -109,7 +170,24 @@ class GaussianMixture:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
 
     def log_prob(self, x: torch.Tensor, *, scale=1.0, var=0.0, cond=None) -> torch.Tensor:
-        """log p(x) of scale * X + sqrt(var) * noise (default: the clean mixture); with cond, log p(x | c)."""
+        r"""Exact log-density of :math:`a X + \sqrt{v}\,\epsilon` (default: the clean mixture); with ``cond``, :math:`\log p(x \mid c)`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape ``(B, D)``.
+        scale : float, optional
+            :math:`a` (default 1).
+        var : float, optional
+            :math:`v` (default 0).
+        cond : torch.Tensor, optional
+            Class labels, shape ``(B,)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(B,)``.
+        """
         self._check_x(x)
         logp, _ = self._component_terms(x, scale, var)
         logp = self._restrict(logp, cond)
@@ -119,7 +197,22 @@ class GaussianMixture:
         return _back(out, x)
 
     def score(self, x: torch.Tensor, *, scale=1.0, var=0.0, cond=None) -> torch.Tensor:
-        """grad_x log p(x) = -sum_k r_k(x) Sigma_k^{-1} (x - mu_k), exact."""
+        r"""Exact score :math:`\nabla_x \log p(x) = -\sum_k r_k(x)\,\Sigma_k^{-1}(x - \mu_k)` (:math:`r_k`: responsibilities).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape ``(B, D)``.
+        scale, var : float, optional
+            The noised distribution :math:`a X + \sqrt{v}\,\epsilon`, as in :meth:`log_prob`.
+        cond : torch.Tensor, optional
+            Class labels, shape ``(B,)``: the conditional score.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(B, D)``.
+        """
         self._check_x(x)
         logp, sol = self._component_terms(x, scale, var)
         logp = self._restrict(logp, cond)
@@ -127,7 +220,25 @@ class GaussianMixture:
         return _back(-(resp[..., None] * sol).sum(1), x)
 
     def class_log_probs(self, x: torch.Tensor, *, scale=1.0, var=0.0) -> torch.Tensor:
-        """log p(c | x) for every class c, shape (B, num_classes): the exact (noise-aware) classifier."""
+        r""":math:`\log p(c \mid x)` for every class: the exact (noise-aware) classifier.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape ``(B, D)``.
+        scale, var : float, optional
+            The noised distribution, as in :meth:`log_prob`.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(B, num_classes)``.
+
+        Raises
+        ------
+        ValueError
+            If the mixture has no labels.
+        """
         self._check_x(x)
         if self.labels is None:
             raise ValueError("this mixture has no labels; build it with labels=...")
@@ -146,7 +257,18 @@ class GaussianMixture:
 
     # ---- oracle models ---------------------------------------------------------------
     def eps_model(self, schedule: Schedule):
-        """The exact epsilon predictor under `schedule`: model(x, t, cond=None) = -sqrt(1 - ab_t) score_t(x)."""
+        r"""The exact :math:`\epsilon`-predictor under ``schedule``: ``model(x, t, cond=None)`` :math:`= -\sqrt{1 - \bar\alpha_t}\;\nabla \log q_t(x)`.
+
+        Parameters
+        ----------
+        schedule : Schedule
+            The variance schedule.
+
+        Returns
+        -------
+        callable
+            A model following the model contract.
+        """
         ab_all = schedule.alpha_bars
 
         def model(x, t, cond=None):
@@ -156,7 +278,13 @@ class GaussianMixture:
         return model
 
     def noise_score_model(self):
-        """The exact noise-conditional score s(x, sigma) of p_sigma = p * N(0, sigma^2 I), sigma of shape (B,)."""
+        r"""The exact noise-conditional score :math:`s(x, \sigma)` of :math:`p_\sigma = p * \mathcal N(0, \sigma^2 I)`.
+
+        Returns
+        -------
+        callable
+            ``score_model(x, sigma)`` with ``sigma`` of shape ``(B,)``.
+        """
         def score_model(x, sigma):
             sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
             return self.score(x, var=sigma.cpu() ** 2)
@@ -164,11 +292,27 @@ class GaussianMixture:
 
     # ---- oracle on a continuous-time path x_t = alpha(t) x0 + sigma(t) eps ---------------
     def posterior_means(self, x: torch.Tensor, alpha, sigma, cond=None):
-        """(E[x0 | x_t], E[eps | x_t]) in float64 at x_t = alpha x0 + sigma eps, exact; alpha, sigma numbers or (B,).
+        r"""Exact :math:`(\mathbb E[x_0 \mid x_t], \mathbb E[\epsilon \mid x_t])` at :math:`x_t = \alpha x_0 + \sigma\epsilon`, in float64.
 
-        With C_k = alpha^2 Sigma_k + sigma^2 I and r_k the responsibilities, E[x0 | x_t] =
-        sum_k r_k (mu_k + alpha Sigma_k C_k^-1 (x - alpha mu_k)) and E[eps | x_t] = sigma sum_k r_k C_k^-1 (x - alpha mu_k):
-        regular at alpha = 0 (x0_hat = the mean) and at sigma = 0."""
+        With :math:`C_k = \alpha^2 \Sigma_k + \sigma^2 I` and :math:`r_k` the responsibilities,
+        :math:`\mathbb E[x_0 \mid x_t] = \sum_k r_k \big(\mu_k + \alpha \Sigma_k C_k^{-1}(x - \alpha\mu_k)\big)` and
+        :math:`\mathbb E[\epsilon \mid x_t] = \sigma \sum_k r_k C_k^{-1}(x - \alpha\mu_k)`: regular at :math:`\alpha = 0`
+        (:math:`\hat x_0` = the mean) and at :math:`\sigma = 0`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points :math:`x_t`, shape ``(B, D)``.
+        alpha, sigma : float or torch.Tensor
+            Numbers, or one per example ``(B,)``.
+        cond : torch.Tensor, optional
+            Class labels, shape ``(B,)``.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            ``(x0_hat, eps_hat)``, each float64 of shape ``(B, D)``.
+        """
         self._check_x(x)
         alpha = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1)
         sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
@@ -180,8 +324,25 @@ class GaussianMixture:
         return x0, eps
 
     def path_model(self, path, prediction: str = "eps"):
-        """The exact continuous-time model on `path`: model(x, t, cond=None) returns the `prediction`
-        ("eps", "x0", "v", "score" or "velocity") of this mixture at float times t of shape (B,)."""
+        r"""The exact continuous-time model of this mixture on a Gaussian path.
+
+        Parameters
+        ----------
+        path : GaussianPath
+            The path :math:`x_t = \alpha(t) x_0 + \sigma(t)\epsilon`.
+        prediction : {"eps", "x0", "v", "score", "velocity"}, optional
+            What the model returns (default ``"eps"``).
+
+        Returns
+        -------
+        callable
+            ``model(x, t, cond=None)`` with float times ``t`` of shape ``(B,)`` in :math:`[0, 1]`.
+
+        Raises
+        ------
+        ValueError
+            If ``prediction`` is unknown.
+        """
         from .paths import check_time
         from .predictions import check_prediction, from_pair
         check_prediction(prediction)
@@ -194,7 +355,24 @@ class GaussianMixture:
         return model
 
     def path_log_prob(self, x: torch.Tensor, t, path, cond=None) -> torch.Tensor:
-        """log p_t(x), the exact density of x_t = alpha(t) x0 + sigma(t) eps on `path` (t a number or (B,))."""
+        r""":math:`\log p_t(x)`, the exact density of :math:`x_t = \alpha(t) x_0 + \sigma(t)\epsilon` on ``path``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape ``(B, D)``.
+        t : float or torch.Tensor
+            A time in :math:`[0, 1]`, or one per example ``(B,)``.
+        path : GaussianPath
+            The path.
+        cond : torch.Tensor, optional
+            Class labels, shape ``(B,)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(B,)``.
+        """
         from .paths import check_time
         t64 = check_time(t)
         return self.log_prob(x, scale=path.alpha(t64), var=path.sigma(t64) ** 2, cond=cond)
@@ -206,7 +384,31 @@ def _back(value64: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def ring_mixture(k: int = 8, radius: float = 2.0, std: float = 0.1, labelled: bool = False) -> GaussianMixture:
-    """k equal Gaussians on a circle (labels 0..k-1 if labelled)."""
+    r"""``k`` equal Gaussians on a circle.
+
+    Parameters
+    ----------
+    k : int, optional
+        Number of components, :math:`\ge 1` (default 8).
+    radius : float, optional
+        Radius of the circle (default 2.0).
+    std : float, optional
+        Standard deviation of each component (default 0.1).
+    labelled : bool, optional
+        Give component ``i`` the label ``i`` (default ``False``).
+
+    Returns
+    -------
+    GaussianMixture
+        In two dimensions.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``k`` is not a positive integer or ``std`` is not positive.
+    """
     k = check_int("k", k, low=1)
     ang = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
     means = radius * torch.stack([torch.cos(ang), torch.sin(ang)], 1)

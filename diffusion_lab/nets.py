@@ -1,15 +1,15 @@
-"""Small networks sized for a laptop CPU: a time-conditioned MLP for vectors, a small U-Net
-for images (any size >= 4, e.g. 8x8 and 28x28), and noise-aware classifiers p(c | x_t, t).
+r"""Small networks sized for a laptop CPU: a time-conditioned MLP for vectors, a small U-Net
+for images (any size :math:`\ge 4`, e.g. 8x8 and 28x28), and noise-aware classifiers :math:`p(c \mid x_t, t)`.
 
-Denoisers output eps_hat = x + f(x, t, cond) with f's last layer initialized to zero: at high
-noise the true eps is almost exactly x_t, and deterministic DDIM multiplies errors made there
-by up to 1/sqrt(alpha_bar_T) (about 160 for the linear schedule), so the network is asked only
+Denoisers output :math:`\hat\epsilon = x + f(x, t, c)` with :math:`f`'s last layer initialized to zero: at high
+noise the true :math:`\epsilon` is almost exactly :math:`x_t`, and deterministic DDIM multiplies errors made there
+by up to :math:`1/\sqrt{\bar\alpha_T}` (about 160 for the linear schedule), so the network is asked only
 for the small correction. Without this skip a small MLP trained on 2-D toys gave DDPM samples
 of good quality but DDIM samples several times too spread out.
 
-Class conditioning uses a learned null label (index num_classes) so one network is both
+Class conditioning uses a learned null label (index ``num_classes``) so one network is both
 the conditional and the unconditional model, as classifier-free guidance needs
-(Ho & Salimans 2021). Every denoiser follows model(x, t, cond=None) -> eps_hat.
+(Ho & Salimans 2021). Every denoiser follows ``model(x, t, cond=None) -> eps_hat``.
 """
 from __future__ import annotations
 
@@ -24,7 +24,26 @@ from ._checks import check_int
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, shape (B,) -> (B, dim) (Vaswani et al. 2017)."""
+    r"""Sinusoidal embedding of (possibly fractional) timesteps (Vaswani et al. 2017, Sec. 3.5).
+
+    Half the entries are :math:`\cos(t\,\omega_k)`, half :math:`\sin(t\,\omega_k)`, with frequencies
+    :math:`\omega_k = P^{-k/\lfloor d/2 \rfloor}` (:math:`P` = ``max_period``), and a zero
+    column when ``dim`` is odd.
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        Timesteps, shape ``(B,)``, integer or float.
+    dim : int
+        Embedding size :math:`d`.
+    max_period : float, optional
+        The longest period (default 10000).
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(B, dim)``.
+    """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]
@@ -90,10 +109,36 @@ class ResMLPBlock(nn.Module):
 
 
 class TimeMLP(nn.Module):
-    """eps_theta for vector data: (B, dim) -> (B, dim), residual MLP conditioned on t (and a label).
+    r""":math:`\epsilon_\theta` for vector data: a residual MLP conditioned on :math:`t` (and a label).
 
-    With sample_shape (e.g. (1, 8, 8) and dim = 64) it takes and returns (B, *sample_shape),
-    flattening inside: on a CPU, a 64-pixel digit is cheaper to model as a vector than with convolutions.
+    Maps ``(B, dim) -> (B, dim)``. With ``sample_shape`` (e.g. ``(1, 8, 8)`` and ``dim = 64``) it takes and
+    returns ``(B, *sample_shape)``, flattening inside: on a CPU, a 64-pixel digit is cheaper to model as a
+    vector than with convolutions. The output is :math:`x + f(x, t, c)` with :math:`f`'s last layer
+    initialized to zero (see the module notes above). Follows the model contract
+    ``model(x, t, cond=None) -> eps_hat``; ``cond`` equal to ``num_classes`` (or ``None``) is the learned
+    null label.
+
+    Parameters
+    ----------
+    dim : int, optional
+        Data dimension (default 2).
+    hidden : int, optional
+        Width (default 128).
+    depth : int, optional
+        Number of residual blocks (default 3).
+    emb_dim : int, optional
+        Size of the time (and label) embedding, :math:`\ge 2` (default 64).
+    num_classes : int, optional
+        Number of classes for conditioning (default ``None``: unconditional).
+    sample_shape : tuple of int, optional
+        The shape of one sample if not ``(dim,)``; its entries must multiply to ``dim``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If a size is not a positive integer, or ``sample_shape`` does not have ``dim`` entries.
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64, num_classes: int | None = None,
@@ -115,6 +160,27 @@ class TimeMLP(nn.Module):
         return self.config["num_classes"]
 
     def forward(self, x, t, cond=None):
+        r"""The noise prediction :math:`\epsilon_\theta(x, t, c)`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Shape ``(B, dim)`` or ``(B, *sample_shape)``.
+        t : torch.Tensor
+            Timesteps, shape ``(B,)``.
+        cond : torch.Tensor, optional
+            Integer labels, shape ``(B,)``, in ``[0, num_classes]`` (``num_classes`` = no label).
+
+        Returns
+        -------
+        torch.Tensor
+            Of ``x``'s shape.
+
+        Raises
+        ------
+        ValueError
+            If ``x``, ``t`` or ``cond`` has the wrong shape, or a label is out of range.
+        """
         shape = self.config["sample_shape"]
         if tuple(x.shape[1:]) != shape:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
@@ -153,8 +219,32 @@ class ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """A small U-Net: (B, C, H, W) -> (B, C, H, W). Downsamples by stride-2 convs and upsamples
-    to the skip connection's exact size, so odd sizes (28 -> 14 -> 7 -> 4) work too."""
+    r"""A small U-Net :math:`\epsilon_\theta`: ``(B, C, H, W) -> (B, C, H, W)``.
+
+    Downsamples by stride-2 convolutions and upsamples to the skip connection's exact size, so odd sizes
+    (28 -> 14 -> 7 -> 4) work too; any size :math:`\ge 4` (e.g. 8x8 and 28x28). Conditioned on :math:`t` and
+    an optional label like :class:`TimeMLP`, with the same skip :math:`x + f(x, t, c)`.
+
+    Parameters
+    ----------
+    in_channels : int, optional
+        Image channels :math:`C` (default 1).
+    base : int, optional
+        Channels at the first level (default 32).
+    mults : tuple of int, optional
+        Channel multipliers per level (default ``(1, 2, 2)``).
+    emb_dim : int, optional
+        Size of the time (and label) embedding (default 128).
+    num_classes : int, optional
+        Number of classes for conditioning (default ``None``).
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If a size is not a positive integer.
+    """
 
     def __init__(self, in_channels: int = 1, base: int = 32, mults=(1, 2, 2), emb_dim: int = 128,
                  num_classes: int | None = None):
@@ -185,6 +275,27 @@ class UNet(nn.Module):
         return self.config["num_classes"]
 
     def forward(self, x, t, cond=None):
+        r"""The noise prediction :math:`\epsilon_\theta(x, t, c)`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Images, shape ``(B, C, H, W)``.
+        t : torch.Tensor
+            Timesteps, shape ``(B,)``.
+        cond : torch.Tensor, optional
+            Integer labels, shape ``(B,)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Of ``x``'s shape.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` does not have ``in_channels`` channels, or ``t``/``cond`` has the wrong shape.
+        """
         if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
             raise ValueError(f"x must have shape (B, {self.config['in_channels']}, H, W), got {tuple(x.shape)}")
         emb = self.cond(t, cond)
@@ -204,10 +315,30 @@ class UNet(nn.Module):
 
 
 class NoisyClassifier(nn.Module):
-    """A noise-aware classifier logits = f(x_t, t) for classifier guidance (Dhariwal & Nichol 2021).
+    r"""A noise-aware classifier, logits :math:`= f_\phi(x_t, t)`, for classifier guidance (Dhariwal & Nichol 2021).
 
-    Vectors (B, dim) use a residual MLP; images (B, C, H, W) use the U-Net's encoder half
-    followed by global average pooling.
+    Vectors ``(B, dim)`` use a residual MLP; images ``(B, C, H, W)`` use the U-Net's encoder half followed by
+    global average pooling.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        One sample's shape, ``(dim,)`` or ``(C, H, W)``.
+    num_classes : int
+        Number of classes, :math:`\ge 2`.
+    hidden, depth, emb_dim : int, optional
+        The MLP's width, depth and embedding size (defaults 128, 3, 64).
+    base : int, optional
+        Channels of the convolutional encoder (default 32).
+    arch : {"auto", "mlp", "conv"}, optional
+        ``"auto"`` (default) picks by ``shape``.
+
+    Raises
+    ------
+    TypeError
+        If ``num_classes`` is not an integer.
+    ValueError
+        If ``shape`` is neither ``(dim,)`` nor ``(C, H, W)``, ``arch`` is unknown, or ``num_classes < 2``.
     """
 
     def __init__(self, shape, num_classes: int, hidden: int = 128, depth: int = 3, emb_dim: int = 64, base: int = 32,
@@ -234,6 +365,25 @@ class NoisyClassifier(nn.Module):
         self.head = nn.Sequential(nn.SiLU(), nn.Linear(feat, num_classes))
 
     def forward(self, x, t):
+        """Class logits for noisy inputs.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Shape ``(B, *shape)``.
+        t : torch.Tensor
+            Timesteps, shape ``(B,)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Logits, shape ``(B, num_classes)``.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` or ``t`` has the wrong shape.
+        """
         if tuple(x.shape[1:]) != self.config["shape"]:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, self.config['shape']))}), got {tuple(x.shape)}")
         emb = self.cond(t)
@@ -248,8 +398,32 @@ class NoisyClassifier(nn.Module):
 
 
 def make_denoiser(sample_shape, num_classes: int | None = None, arch: str = "auto", **kwargs) -> nn.Module:
-    """A TimeMLP for vector data (dim,) or a UNet for images (C, H, W); arch="mlp" gives images a
-    TimeMLP over the flattened pixels (much cheaper on a CPU for 8x8 digits)."""
+    """A denoiser for samples of ``sample_shape``: a :class:`TimeMLP` for vectors, a :class:`UNet` for images.
+
+    ``arch="mlp"`` gives images a :class:`TimeMLP` over the flattened pixels (much cheaper on a CPU for the
+    8x8 digits).
+
+    Parameters
+    ----------
+    sample_shape : tuple of int
+        One sample's shape: ``(dim,)`` or ``(C, H, W)``.
+    num_classes : int, optional
+        Number of classes for conditioning (default ``None``).
+    arch : {"auto", "mlp", "unet"}, optional
+        ``"auto"`` (default) picks by the shape.
+    **kwargs
+        Passed to the network's constructor (e.g. ``hidden=256``).
+
+    Returns
+    -------
+    torch.nn.Module
+        A model following ``model(x, t, cond=None) -> eps_hat``.
+
+    Raises
+    ------
+    ValueError
+        If ``arch`` is unknown, or ``sample_shape`` is neither ``(dim,)`` nor ``(C, H, W)``.
+    """
     sample_shape = tuple(int(s) for s in sample_shape)
     if arch not in ("auto", "mlp", "unet"):
         raise ValueError(f"arch must be 'auto', 'mlp' or 'unet', got {arch!r}")

@@ -1,6 +1,6 @@
-"""Conversions between the notations the seeds mix: DDPM's alpha_bar (Ho et al. 2020, Eq. 4),
-Su's square-root notation (seed 001: alpha_bar_su^2 + beta_bar_su^2 = 1), the sigma form
-x_t / sqrt(alpha_bar) = x_0 + sigma eps, CFG's w (Ho & Salimans 2021) and Langevin step sizes.
+r"""Conversions between the notations the seeds mix: DDPM's :math:`\bar\alpha` (Ho et al. 2020, Eq. 4),
+Su's square-root notation (seed 001: :math:`\bar\alpha_\text{su}^2 + \bar\beta_\text{su}^2 = 1`), the sigma form
+:math:`x_t/\sqrt{\bar\alpha} = x_0 + \sigma\epsilon`, CFG's :math:`w` (Ho & Salimans 2021) and Langevin step sizes.
 
 Every function takes a Python number or a floating-point tensor and returns the same kind.
 """
@@ -45,10 +45,29 @@ def _back(y, like, is_tensor):
 
 # --------------------------------------------------------------------------- Su's notation
 def alpha_bar_to_su(alpha_bar):
-    """DDPM alpha_bar -> seed 001's (alpha_bar_su, beta_bar_su) = (sqrt(alpha_bar), sqrt(1 - alpha_bar)).
+    r"""DDPM's :math:`\bar\alpha` to seed 001's square-root pair :math:`(\bar\alpha_\text{su}, \bar\beta_\text{su})`.
 
-    The same map turns a per-step DDPM alpha_t = 1 - beta_t into Su's (alpha_t, beta_t), whose
-    squares sum to 1. alpha_bar must lie in [0, 1].
+    .. math:: (\bar\alpha_\text{su}, \bar\beta_\text{su}) = \big(\sqrt{\bar\alpha}, \sqrt{1 - \bar\alpha}\big)
+
+    The same map turns a per-step DDPM :math:`\alpha_t = 1 - \beta_t` into Su's :math:`(\alpha_t, \beta_t)`,
+    whose squares sum to 1.
+
+    Parameters
+    ----------
+    alpha_bar : float or torch.Tensor
+        :math:`\bar\alpha \in [0, 1]`.
+
+    Returns
+    -------
+    float or torch.Tensor
+        The pair ``(alpha_bar_su, beta_bar_su)``. Of the same kind as the input (a tensor keeps its dtype).
+
+    Raises
+    ------
+    TypeError
+        If the input is neither a real number nor a floating-point tensor.
+    ValueError
+        If a value is outside :math:`[0, 1]`, or NaN.
     """
     a, is_t = _check_values("alpha_bar", alpha_bar, low=0, high=1)
     a64 = _f64(a, is_t)
@@ -56,9 +75,27 @@ def alpha_bar_to_su(alpha_bar):
 
 
 def su_to_alpha_bar(alpha_bar_su, beta_bar_su=None):
-    """Seed 001's alpha_bar_su (a square root) -> DDPM alpha_bar = alpha_bar_su^2.
+    r"""Seed 001's :math:`\bar\alpha_\text{su}` (a square root) to DDPM's :math:`\bar\alpha = \bar\alpha_\text{su}^2`.
 
-    If beta_bar_su is given too, it must satisfy alpha_bar_su^2 + beta_bar_su^2 = 1 (to 1e-6).
+    Parameters
+    ----------
+    alpha_bar_su : float or torch.Tensor
+        :math:`\bar\alpha_\text{su} \in [0, 1]`.
+    beta_bar_su : float or torch.Tensor, optional
+        If given, it must satisfy :math:`\bar\alpha_\text{su}^2 + \bar\beta_\text{su}^2 = 1` (to 1e-6), and be of
+        the same kind as ``alpha_bar_su``.
+
+    Returns
+    -------
+    float or torch.Tensor
+        :math:`\bar\alpha`, of the same kind as the input.
+
+    Raises
+    ------
+    TypeError
+        If the inputs are not numbers or floating-point tensors, or one is a number and the other a tensor.
+    ValueError
+        If a value is out of range, or :math:`\bar\alpha_\text{su}^2 + \bar\beta_\text{su}^2 \ne 1`.
     """
     a, is_t = _check_values("alpha_bar_su", alpha_bar_su, low=0, high=1)
     if beta_bar_su is not None:
@@ -79,15 +116,52 @@ def su_to_alpha_bar(alpha_bar_su, beta_bar_su=None):
 
 # --------------------------------------------------------------------------- sigma form
 def alpha_bar_to_sigma(alpha_bar):
-    """DDPM alpha_bar -> sigma = sqrt((1 - alpha_bar) / alpha_bar), so that
-    x_t / sqrt(alpha_bar) = x_0 + sigma eps (the variance-exploding view). alpha_bar in (0, 1]."""
+    r"""DDPM's :math:`\bar\alpha` to the variance-exploding :math:`\sigma = \sqrt{(1 - \bar\alpha)/\bar\alpha}`.
+
+    With it :math:`x_t / \sqrt{\bar\alpha} = x_0 + \sigma\epsilon` (the sigma form).
+
+    Parameters
+    ----------
+    alpha_bar : float or torch.Tensor
+        :math:`\bar\alpha \in (0, 1]`.
+
+    Returns
+    -------
+    float or torch.Tensor
+        :math:`\sigma \ge 0`. Of the same kind as the input (a tensor keeps its dtype).
+
+    Raises
+    ------
+    TypeError
+        If the input is neither a real number nor a floating-point tensor.
+    ValueError
+        If a value is outside :math:`(0, 1]`, or NaN.
+    """
     a, is_t = _check_values("alpha_bar", alpha_bar, low=0, high=1, low_open=True)
     a64 = _f64(a, is_t)
     return _back(_sqrt((1 - a64) / a64, is_t), a, is_t)
 
 
 def sigma_to_alpha_bar(sigma):
-    """sigma -> DDPM alpha_bar = 1 / (1 + sigma^2), the inverse of alpha_bar_to_sigma. sigma >= 0."""
+    r"""The sigma form's :math:`\sigma` to DDPM's :math:`\bar\alpha = 1/(1 + \sigma^2)`, the inverse of :func:`alpha_bar_to_sigma`.
+
+    Parameters
+    ----------
+    sigma : float or torch.Tensor
+        :math:`\sigma \ge 0`.
+
+    Returns
+    -------
+    float or torch.Tensor
+        :math:`\bar\alpha \in (0, 1]`. Of the same kind as the input (a tensor keeps its dtype).
+
+    Raises
+    ------
+    TypeError
+        If the input is neither a real number nor a floating-point tensor.
+    ValueError
+        If a value is outside :math:`[0, \infty)`, or NaN.
+    """
     s, is_t = _check_values("sigma", sigma, low=0)
     s64 = _f64(s, is_t)
     return _back(1 / (1 + s64 ** 2), s, is_t)
@@ -95,27 +169,104 @@ def sigma_to_alpha_bar(sigma):
 
 # --------------------------------------------------------------------------- guidance
 def cfg_w_to_scale(w):
-    """Ho & Salimans' guidance weight w -> this library's scale = 1 + w, used as
-    eps_u + scale (eps_c - eps_u) = (1 + w) eps_c - w eps_u (see guidance.cfg_eps)."""
+    r"""Ho & Salimans' (2021) guidance weight :math:`w` to this library's scale :math:`s = 1 + w`.
+
+    Used as :math:`\epsilon_u + s(\epsilon_c - \epsilon_u) = (1 + w)\,\epsilon_c - w\,\epsilon_u` (see :func:`cfg_eps`).
+
+    Parameters
+    ----------
+    w : float or torch.Tensor
+        The paper's weight :math:`w`.
+
+    Returns
+    -------
+    float or torch.Tensor
+        The scale :math:`s`. Of the same kind as the input (a tensor keeps its dtype).
+
+    Raises
+    ------
+    TypeError
+        If the input is neither a real number nor a floating-point tensor.
+    ValueError
+        If a value is NaN or infinite.
+    """
     w, is_t = _check_values("w", w)
     return 1 + w
 
 
 def cfg_scale_to_w(scale):
-    """This library's guidance scale -> Ho & Salimans' w = scale - 1 (scale = 1: plain conditional, w = 0)."""
+    """This library's guidance scale :math:`s` to Ho & Salimans' :math:`w = s - 1`.
+
+    :math:`s = 1` is the plain conditional model, :math:`w = 0`.
+
+    Parameters
+    ----------
+    scale : float or torch.Tensor
+        The scale :math:`s`.
+
+    Returns
+    -------
+    float or torch.Tensor
+        The paper's :math:`w`. Of the same kind as the input (a tensor keeps its dtype).
+
+    Raises
+    ------
+    TypeError
+        If the input is neither a real number nor a floating-point tensor.
+    ValueError
+        If a value is NaN or infinite.
+    """
     scale, is_t = _check_values("scale", scale)
     return scale - 1
 
 
 # --------------------------------------------------------------------------- Langevin
 def langevin_eta_to_delta(eta):
-    """Seed 002's step eta (x += eta score + sqrt(2 eta) xi) -> seed 003's / SGLD's delta = 2 eta
-    (x += delta/2 score + sqrt(delta) xi). eta > 0."""
+    r"""Seed 002's Langevin step :math:`\eta` to seed 003's / SGLD's :math:`\delta = 2\eta`.
+
+    Seed 002 writes :math:`x \mathrel{+}= \eta\,\nabla\log p + \sqrt{2\eta}\,\xi`, seed 003 and SGLD
+    :math:`x \mathrel{+}= \tfrac{\delta}{2}\nabla\log p + \sqrt{\delta}\,\xi`.
+
+    Parameters
+    ----------
+    eta : float or torch.Tensor
+        :math:`\eta > 0`.
+
+    Returns
+    -------
+    float or torch.Tensor
+        :math:`\delta`. Of the same kind as the input (a tensor keeps its dtype).
+
+    Raises
+    ------
+    TypeError
+        If the input is neither a real number nor a floating-point tensor.
+    ValueError
+        If a value is outside :math:`(0, \infty)`, or NaN.
+    """
     eta, is_t = _check_values("eta", eta, low=0, low_open=True)
     return 2 * eta
 
 
 def langevin_delta_to_eta(delta):
-    """Seed 003's / SGLD's step delta -> seed 002's eta = delta / 2 (dl.langevin_sample's step_size). delta > 0."""
+    r"""Seed 003's / SGLD's Langevin step :math:`\delta` to seed 002's :math:`\eta = \delta/2` (:func:`langevin_sample`'s ``step_size``).
+
+    Parameters
+    ----------
+    delta : float or torch.Tensor
+        :math:`\delta > 0`.
+
+    Returns
+    -------
+    float or torch.Tensor
+        :math:`\eta`. Of the same kind as the input (a tensor keeps its dtype).
+
+    Raises
+    ------
+    TypeError
+        If the input is neither a real number nor a floating-point tensor.
+    ValueError
+        If a value is outside :math:`(0, \infty)`, or NaN.
+    """
     delta, is_t = _check_values("delta", delta, low=0, low_open=True)
     return delta / 2

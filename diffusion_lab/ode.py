@@ -1,6 +1,8 @@
-"""The probability-flow ODE dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat (Song et al. 2021, Eq. 13, written
-on the path x_t = alpha x0 + sigma eps), solved from t = t_max to t = 0 with Euler, Heun, classical RK4 or
-DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2). One right-hand side serves every path and prediction."""
+r"""The probability-flow ODE :math:`dx/dt = \alpha'(t)\,\hat x_0 + \sigma'(t)\,\hat\epsilon` (Song et al. 2021, Eq. 13,
+written on the path :math:`x_t = \alpha x_0 + \sigma\epsilon`), solved from :math:`t = t_\max` to :math:`t = 0` with
+Euler, Heun, classical RK4 or DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2). One right-hand side serves
+every path and prediction.
+"""
 from __future__ import annotations
 
 import torch
@@ -41,10 +43,53 @@ def check_start(path, prediction):
 def ode_sample(model, path, shape, steps: int = 50, method: str = "heun", prediction: str = "eps", cond=None,
                generator: torch.Generator | None = None, x_T: torch.Tensor | None = None, callback=None, *,
                device=None) -> torch.Tensor:
-    """Sample by solving the probability-flow ODE from t = path.t_max (x_T ~ sigma(t_max) N(0, I), or the
-    given x_T) to t = 0 over time_grid(path, steps). model(x, t, cond) returns a `prediction` (float t, (B,)).
-    Network calls: euler and dpm++2m `steps`, heun 2 steps - 1, rk4 4 steps - 3 (the last step only denoises).
-    callback gets {"i", "t", "t_next", "x", "x0_hat"} after every step."""
+    r"""Sample by solving the probability-flow ODE from :math:`t = t_\max` to :math:`t = 0` (Song et al. 2021, Eq. 13).
+
+    On the path the ODE reads :math:`dx/dt = \alpha'(t)\,\hat x_0 + \sigma'(t)\,\hat\epsilon`; it starts from
+    :math:`x_T \sim \sigma(t_\max)\,\mathcal N(0, I)` (or the given ``x_T``) and runs over a grid uniform in
+    :math:`t` from ``t_max`` to ``t_min``, then to 0 if ``t_min > 0``: that last step, into :math:`t = 0` where a
+    path may be singular, is the denoising step :math:`x \leftarrow \hat x_0`.
+
+    Parameters
+    ----------
+    model : callable
+        A continuous-time model ``model(x, t, cond) -> prediction`` with float ``t`` of shape ``(B,)``
+        (a discrete-time model goes through :func:`discrete_model`; guide with :func:`cfg`).
+    path : GaussianPath
+        The path, e.g. :func:`vp_path`, :func:`linear_path`, :func:`schedule_path`.
+    shape : tuple of int
+        The output shape ``(B, ...)``.
+    steps : int, optional
+        Number of steps (default 50). Network calls: ``"euler"`` and ``"dpm++2m"`` ``steps``, ``"heun"``
+        ``2 steps - 1``, ``"rk4"`` ``4 steps - 3`` (the last step only denoises).
+    method : {"heun", "euler", "rk4", "dpm++2m"}, optional
+        The solver (default ``"heun"``); ``"dpm++2m"`` is DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2).
+    prediction : {"eps", "x0", "v", "score", "velocity"}, optional
+        What ``model`` returns (default ``"eps"``).
+    cond : torch.Tensor, optional
+        Integer labels, shape ``(B,)``.
+    generator : torch.Generator, optional
+        Source of :math:`x_T` (and of the noise of stochastic steps).
+    x_T : torch.Tensor, optional
+        A starting point of shape ``shape`` instead of a fresh draw.
+    callback : callable, optional
+        Called after every step with ``{"i", "t", "t_next", "x", "x0_hat"}``.
+    device : torch.device or str, optional
+        Where to sample (default: the model's device, else the CPU).
+
+    Returns
+    -------
+    torch.Tensor
+        Samples :math:`x_0`, of shape ``shape``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable, ``path`` is not a path, or a tensor argument is not a floating-point tensor.
+    ValueError
+        If an option is unknown or out of range, ``prediction`` cannot give :math:`x_0` where
+        :math:`\alpha(t_\max) = 0`, a shape is wrong, or the model's output holds NaN or inf.
+    """
     check_path(path)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

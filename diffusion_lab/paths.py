@@ -1,8 +1,9 @@
-"""Gaussian probability paths x_t = alpha(t) x_0 + sigma(t) eps, t in [0, 1] (t = 0 data, t = 1 noise),
-and the forward SDE dx = f(t) x dt + g(t) dw that has the same marginals (Song et al. 2021, Eqs. 5 and 11;
-Kingma et al. 2021, Appendix A). A path is four functions of t: alpha, sigma and their time derivatives.
+r"""Gaussian probability paths :math:`x_t = \alpha(t)\,x_0 + \sigma(t)\,\epsilon`, :math:`t \in [0, 1]` (:math:`t = 0` data,
+:math:`t = 1` noise), and the forward SDE :math:`dx = f(t)\,x\,dt + g(t)\,dw` that has the same marginals (Song et al.
+2021, Eqs. 5 and 11; Kingma et al. 2021, Appendix A). A path is four functions of :math:`t`: :math:`\alpha`,
+:math:`\sigma` and their time derivatives.
 
-Every method takes t as a float or a tensor and returns a float64 tensor on the CPU: coefficients are
+Every method takes ``t`` as a float or a tensor and returns a float64 tensor on the CPU: coefficients are
 computed in float64 and cast by the caller (float64 never goes to an accelerator).
 """
 from __future__ import annotations
@@ -30,28 +31,88 @@ def check_time(t, name: str = "t") -> torch.Tensor:
 
 
 class GaussianPath:
-    """Base class: subclasses give alpha, sigma, d_alpha, d_sigma; the SDE and log-SNR follow from them.
+    r"""Base class of the Gaussian paths :math:`x_t = \alpha(t)\,x_0 + \sigma(t)\,\epsilon`, :math:`t \in [0, 1]`.
 
-    t_min, t_max: where samplers and likelihoods start and stop (a path may be singular at its ends)."""
+    Subclasses give four methods of ``t`` (a float or a tensor; each returns a float64 tensor on the CPU):
+    ``alpha``, ``sigma`` and their time derivatives ``d_alpha``, ``d_sigma``. The forward SDE
+    :math:`dx = f(t)\,x\,dt + g(t)\,dw` with the same marginals (:meth:`f`, :meth:`g2`) and the log-SNR
+    follow from them.
+
+    Attributes
+    ----------
+    t_min : float
+        Where samplers stop and likelihoods start (a path may be singular at its ends).
+    t_max : float
+        Where samplers start and likelihoods stop.
+    """
 
     t_min: float = 0.0
     t_max: float = 1.0
 
     def f(self, t) -> torch.Tensor:
-        """Drift coefficient f(t) = alpha'(t) / alpha(t) of dx = f x dt + g dw."""
+        r"""Drift coefficient :math:`f(t) = \alpha'(t)/\alpha(t)` of :math:`dx = f x\,dt + g\,dw`.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            Times in :math:`[0, 1]`.
+
+        Returns
+        -------
+        torch.Tensor
+            float64 on the CPU, of ``t``'s shape.
+        """
         return self.d_alpha(t) / self.alpha(t)
 
     def g2(self, t) -> torch.Tensor:
-        """g(t)^2 = d sigma^2 / dt - 2 f sigma^2, so that Var[x_t | x_0] = sigma(t)^2 (Kingma et al. 2021, Eq. 30)."""
+        r""":math:`g(t)^2 = \frac{d\sigma^2}{dt} - 2 f \sigma^2`, so that :math:`\operatorname{Var}[x_t \mid x_0] = \sigma(t)^2` (Kingma et al. 2021, Eq. 30).
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            Times in :math:`[0, 1]`.
+
+        Returns
+        -------
+        torch.Tensor
+            float64 on the CPU, of ``t``'s shape.
+        """
         s = self.sigma(t)
         return 2 * s * self.d_sigma(t) - 2 * self.f(t) * s ** 2
 
     def log_snr(self, t) -> torch.Tensor:
-        """lambda(t) = log(alpha^2 / sigma^2), decreasing in t."""
+        r"""The log signal-to-noise ratio :math:`\lambda(t) = \log(\alpha^2/\sigma^2)`, decreasing in :math:`t`.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            Times in :math:`[0, 1]`.
+
+        Returns
+        -------
+        torch.Tensor
+            float64 on the CPU, of ``t``'s shape.
+        """
         return 2 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
 
     def t_of_ratio(self, r) -> torch.Tensor:
-        """The t at which sigma(t) / alpha(t) = r (EDM's sigma), by bisection in float64 (r increases with t)."""
+        r"""The :math:`t` at which :math:`\sigma(t)/\alpha(t) = r` (EDM's :math:`\sigma`), by bisection in float64.
+
+        Parameters
+        ----------
+        r : float or torch.Tensor
+            Ratios in the path's range (:math:`r` increases with :math:`t`).
+
+        Returns
+        -------
+        torch.Tensor
+            float64 times, of ``r``'s shape.
+
+        Raises
+        ------
+        ValueError
+            If an ``r`` is outside the path's range of :math:`\sigma/\alpha` on :math:`[t_\min, t_\max]`.
+        """
         r = torch.as_tensor(r, dtype=torch.float64).cpu()
         r_lo, r_hi = self.sigma(self.t_min) / self.alpha(self.t_min), self.sigma(self.t_max) / self.alpha(self.t_max)
         if bool((r < r_lo * (1 - 1e-6)).any()) or bool((r > r_hi * (1 + 1e-6)).any()):   # float32 sigmas pass
@@ -67,9 +128,26 @@ class GaussianPath:
 
 @dataclass(frozen=True)
 class VPPath(GaussianPath):
-    """Variance preserving (Song et al. 2021, Eq. 32): beta(t) = beta_min + t (beta_max - beta_min),
-    alpha = exp(-1/2 int_0^t beta), sigma = sqrt(1 - alpha^2); f = -beta/2, g^2 = beta.
-    sigma'(0) is infinite, so samplers stop at t_min = 1e-3 (Song et al.'s epsilon) and denoise."""
+    r"""The variance-preserving path (Song et al. 2021, Eq. 32).
+
+    :math:`\beta(t) = \beta_\min + t(\beta_\max - \beta_\min)`, :math:`\alpha = \exp(-\tfrac12\int_0^t \beta)`,
+    :math:`\sigma = \sqrt{1 - \alpha^2}`; :math:`f = -\beta/2`, :math:`g^2 = \beta`. :math:`\sigma'(0)` is
+    infinite, so samplers stop at ``t_min`` = 1e-3 (Song et al.'s :math:`\epsilon`) and denoise.
+
+    Parameters
+    ----------
+    beta_min, beta_max : float
+        :math:`0 \le \beta_\min \le \beta_\max`, :math:`\beta_\max > 0` (defaults 0.1 and 20).
+    t_min : float
+        In :math:`(0, 1)` (default 1e-3).
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If a parameter is out of range.
+    """
 
     beta_min: float = 0.1
     beta_max: float = 20.0
@@ -83,6 +161,17 @@ class VPPath(GaussianPath):
         check_number("t_min", self.t_min, low=0, high=1, low_open=True, high_open=True)
 
     def beta(self, t):
+        r""":math:`\beta(t)`.
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            Times in :math:`[0, 1]`.
+
+        Returns
+        -------
+        torch.Tensor
+            float64 on the CPU, of ``t``'s shape.
+        """
         return self.beta_min + check_time(t) * (self.beta_max - self.beta_min)
 
     def _int_beta(self, t):
@@ -104,8 +193,24 @@ class VPPath(GaussianPath):
 
 @dataclass(frozen=True)
 class VEPath(GaussianPath):
-    """Variance exploding (Song et al. 2021, Eq. 30): alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^t;
-    f = 0, g^2 = 2 sigma^2 log(sigma_max / sigma_min). Not singular; the prior N(0, sigma_max^2 I) ignores x_0."""
+    r"""The variance-exploding path (Song et al. 2021, Eq. 30).
+
+    :math:`\alpha = 1`, :math:`\sigma(t) = \sigma_\min (\sigma_\max/\sigma_\min)^t`; :math:`f = 0`,
+    :math:`g^2 = 2\sigma^2 \log(\sigma_\max/\sigma_\min)`. Not singular; the prior :math:`\mathcal N(0, \sigma_\max^2 I)`
+    ignores :math:`x_0`.
+
+    Parameters
+    ----------
+    sigma_min, sigma_max : float
+        :math:`0 < \sigma_\min < \sigma_\max` (defaults 0.01 and 50).
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If a parameter is out of range.
+    """
 
     sigma_min: float = 0.01
     sigma_max: float = 50.0
@@ -131,8 +236,23 @@ class VEPath(GaussianPath):
 
 @dataclass(frozen=True)
 class LinearPath(GaussianPath):
-    """Flow matching / rectified flow: alpha = 1 - t, sigma = t (Lipman et al. 2023; Liu et al. 2023).
-    alpha(1) = 0, so an eps- or score-model cannot give x_0 at t = 1: use t_max < 1 for those."""
+    r"""The flow-matching / rectified-flow path :math:`\alpha = 1 - t`, :math:`\sigma = t` (Lipman et al. 2023; Liu et al. 2023).
+
+    :math:`\alpha(1) = 0`, so an :math:`\epsilon`- or score-model cannot give :math:`x_0` at :math:`t = 1`: use
+    ``t_max < 1`` for those.
+
+    Parameters
+    ----------
+    t_max : float
+        Where samplers start, in :math:`(0, 1]` (default 1).
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``t_max`` is out of range.
+    """
 
     t_max: float = 1.0
 
@@ -163,9 +283,21 @@ class LinearPath(GaussianPath):
 
 @dataclass(frozen=True, eq=False)
 class SchedulePath(GaussianPath):
-    """The path of a discrete schedule: integer timestep n sits at t = (n + 1) / T, where
-    alpha(t)^2 = alpha_bar_n; in between, log alpha_bar is linear in t, i.e. a VP SDE with the
-    piecewise-constant beta(t) = -T log(1 - beta_n) on ((n) / T, (n + 1) / T]. t_min = 1 / T (n = 0)."""
+    r"""The path of a discrete schedule: integer timestep :math:`n` sits at :math:`t = (n + 1)/T`, where :math:`\alpha(t)^2 = \bar\alpha_n`.
+
+    In between, :math:`\log\bar\alpha` is linear in :math:`t`, i.e. a VP SDE with the piecewise-constant
+    :math:`\beta(t) = -T\log(1 - \beta_n)` on :math:`(n/T, (n + 1)/T]`. ``t_min`` = :math:`1/T` (:math:`n = 0`).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The discrete schedule.
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a :class:`Schedule`.
+    """
 
     schedule: Schedule
 
@@ -178,9 +310,21 @@ class SchedulePath(GaussianPath):
 
     @property
     def t_min(self) -> float:
+        """The time :math:`1/T` of timestep 0."""
         return 1.0 / self.schedule.T
 
     def beta(self, t):
+        r"""The piecewise-constant :math:`\beta(t)`.
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            Times in :math:`[0, 1]`.
+
+        Returns
+        -------
+        torch.Tensor
+            float64 on the CPU, of ``t``'s shape.
+        """
         T = self.schedule.T
         n = (torch.ceil(check_time(t) * T) - 1).clamp(0, T - 1).long()
         return self._rates[n]
@@ -196,21 +340,104 @@ class SchedulePath(GaussianPath):
     d_sigma = VPPath.d_sigma
 
     def timestep(self, n) -> torch.Tensor:
-        """The continuous time t = (n + 1) / T of integer timestep n."""
+        """The continuous time :math:`t = (n + 1)/T` of integer timestep :math:`n`.
+
+        Parameters
+        ----------
+        n : int or torch.Tensor
+            Timesteps in ``[0, T-1]``.
+
+        Returns
+        -------
+        torch.Tensor
+            float64 times.
+        """
         return (torch.as_tensor(n, dtype=torch.float64) + 1) / self.schedule.T
 
 
 def vp_path(beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) -> VPPath:
+    r"""A :class:`VPPath` (Song et al. 2021's VP SDE), the default continuous-time diffusion.
+
+    Parameters
+    ----------
+    beta_min, beta_max : float, optional
+        The linear :math:`\beta(t)`'s ends (defaults 0.1 and 20).
+    t_min : float, optional
+        Where samplers stop (default 1e-3).
+
+    Returns
+    -------
+    VPPath
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If a parameter is out of range.
+    """
     return VPPath(beta_min, beta_max, t_min)
 
 
 def ve_path(sigma_min: float = 0.01, sigma_max: float = 50.0) -> VEPath:
+    r"""A :class:`VEPath` (Song et al. 2021's VE SDE).
+
+    Parameters
+    ----------
+    sigma_min, sigma_max : float, optional
+        Defaults 0.01 and 50.
+
+    Returns
+    -------
+    VEPath
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If :math:`0 < \sigma_\min < \sigma_\max` fails.
+    """
     return VEPath(sigma_min, sigma_max)
 
 
 def linear_path(t_max: float = 1.0) -> LinearPath:
+    r"""A :class:`LinearPath` :math:`x_t = (1 - t)\,x_0 + t\,\epsilon` (flow matching, rectified flow).
+
+    Parameters
+    ----------
+    t_max : float, optional
+        Where samplers start (default 1).
+
+    Returns
+    -------
+    LinearPath
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``t_max`` is not in :math:`(0, 1]`.
+    """
     return LinearPath(t_max)
 
 
 def schedule_path(schedule: Schedule) -> SchedulePath:
+    """The :class:`SchedulePath` of a discrete schedule, on which timestep :math:`n` sits at :math:`t = (n + 1)/T`.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The discrete schedule.
+
+    Returns
+    -------
+    SchedulePath
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a :class:`Schedule`.
+    """
     return SchedulePath(schedule)

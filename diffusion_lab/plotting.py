@@ -16,7 +16,24 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def set_style(dpi: int = 90) -> None:
-    """Matplotlib defaults used by every chapter: small figures, light grid, no top/right spines."""
+    """Set the matplotlib defaults every chapter uses: small figures, a light grid, no top/right spines.
+
+    Parameters
+    ----------
+    dpi : int, optional
+        Figure and savefig resolution, in ``[20, 600]`` (default 90).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``dpi`` is not an integer in range.
+    """
     check_int("dpi", dpi, low=20, high=600)
     matplotlib.rcParams.update({
         "figure.figsize": (6.0, 3.6),
@@ -35,8 +52,29 @@ def fig_to_png(fig: matplotlib.figure.Figure, *, dpi: float = 80, colors: int | 
                close: bool = True) -> bytes:
     """Render a matplotlib figure to small PNG bytes (for widget frames) and close it.
 
-    `colors` reduces the image to a palette of that many colours (64 keeps line plots
-    crisp at about a third of the size); `None` keeps full RGBA.
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure.
+    dpi : float, optional
+        Resolution, in ``[10, 600]`` (default 80).
+    colors : int or None, optional
+        Reduce the image to a palette of that many colours, in ``[2, 256]`` (default 64, which keeps line
+        plots crisp at about a third of the size); ``None`` keeps full RGBA.
+    close : bool, optional
+        Close the figure afterwards (default ``True``).
+
+    Returns
+    -------
+    bytes
+        The PNG file's bytes.
+
+    Raises
+    ------
+    TypeError
+        If ``fig`` is not a matplotlib Figure.
+    ValueError
+        If ``dpi`` or ``colors`` is out of range.
     """
     if not isinstance(fig, matplotlib.figure.Figure):
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
@@ -58,9 +96,35 @@ def fig_to_png(fig: matplotlib.figure.Figure, *, dpi: float = 80, colors: int | 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, *, value_range=(-1.0, 1.0),
                ax=None, cmap: str = "gray", title: str | None = None):
-    """Show a batch of images `(B, H, W)` or `(B, C, H, W)` (C = 1 or 3) as one grid.
+    r"""Show a batch of images as one grid.
 
-    Pixel values are clipped to `value_range` and rescaled to [0, 1]. Returns the axes.
+    Pixel values are clipped to ``value_range`` and rescaled to :math:`[0, 1]`.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        Shape ``(B, H, W)`` or ``(B, C, H, W)`` with ``C`` 1 or 3.
+    nrow : int, optional
+        Images per row (default: about :math:`\sqrt{B}`).
+    value_range : tuple of float, optional
+        ``(low, high)`` with ``high > low`` (default ``(-1, 1)``).
+    ax : matplotlib.axes.Axes, optional
+        Where to draw (default: a new figure).
+    cmap : str, optional
+        Colour map for one channel (default ``"gray"``).
+    title : str, optional
+        Axes title.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    Raises
+    ------
+    TypeError
+        If ``images`` is not a tensor.
+    ValueError
+        If its shape or ``value_range`` is invalid.
     """
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
@@ -96,7 +160,34 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, *, value_range=(-1
 
 def scatter2d(x: torch.Tensor, *, ax=None, s: float = 2.0, alpha: float = 0.5, lim: float | None = None,
               title: str | None = None, **kwargs):
-    """Scatter plot of 2-D points `(N, 2)` with equal axis scales. Returns the axes."""
+    r"""Scatter plot of 2-D points with equal axis scales.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Points, shape ``(N, 2)``.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw (default: a new figure).
+    s, alpha : float, optional
+        Marker size and opacity (defaults 2.0 and 0.5).
+    lim : float, optional
+        Show :math:`[-\text{lim}, \text{lim}]^2`, :math:`\text{lim} > 0`.
+    title : str, optional
+        Axes title.
+    **kwargs
+        Passed to ``ax.scatter``.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a tensor.
+    ValueError
+        If ``x`` is not of shape ``(N, 2)`` or ``lim`` is not positive.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2 or x.shape[1] != 2:

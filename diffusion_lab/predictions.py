@@ -1,9 +1,13 @@
-"""What a network predicts, and how to turn one prediction into another on a Gaussian path.
+r"""What a network predicts, and how to turn one prediction into another on a Gaussian path.
 
-x_t = alpha x0 + sigma eps. Every kind is a linear function of the pair (x0, eps) and x_t, so each
-conversion goes through that pair: two formulas per kind (to the pair, from the pair), not one per couple.
-  eps; x0; v = alpha eps - sigma x0 (Salimans & Ho 2022, Eq. 7 generalised);
-  score = grad log p_t(x_t) = -eps / sigma (Tweedie); velocity = dx_t/dt = alpha' x0 + sigma' eps.
+On :math:`x_t = \alpha x_0 + \sigma \epsilon` every kind is a linear function of the pair
+:math:`(x_0, \epsilon)` and :math:`x_t`, so each conversion goes through that pair: two formulas per kind
+(to the pair, from the pair), not one per couple. The kinds:
+
+- ``"eps"``: :math:`\epsilon`; ``"x0"``: :math:`x_0`;
+- ``"v"``: :math:`v = \alpha\epsilon - \sigma x_0` (Salimans & Ho 2022, Eq. 7 generalised);
+- ``"score"``: :math:`\nabla \log p_t(x_t) = -\epsilon/\sigma` (Tweedie);
+- ``"velocity"``: :math:`dx_t/dt = \alpha' x_0 + \sigma' \epsilon`.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import torch
 
 from ._checks import check_tensor
 
+#: The kinds of prediction a model may return, and that convert_prediction converts between.
 PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
 
 
@@ -62,9 +67,37 @@ def path_coefficients(path, t, like: torch.Tensor):
 
 
 def convert_prediction(pred: torch.Tensor, x: torch.Tensor, t, path, src: str, dst: str) -> torch.Tensor:
-    """Convert a model output `pred` of kind src at (x, t) on `path` into kind dst
-    (src, dst in "eps", "x0", "v", "score", "velocity"). Singular where a formula divides by zero:
-    x0 from eps or score needs alpha(t) > 0, eps from x0 needs sigma(t) > 0."""
+    r"""Convert a model output of kind ``src`` at :math:`(x, t)` on ``path`` into kind ``dst``.
+
+    Every kind is a linear function of the pair :math:`(x_0, \epsilon)` and :math:`x_t` (see the module notes),
+    so the conversion goes through that pair. Singular where a formula divides by zero: :math:`x_0` from
+    ``"eps"`` or ``"score"`` needs :math:`\alpha(t) > 0`, :math:`\epsilon` from ``"x0"`` needs :math:`\sigma(t) > 0`.
+
+    Parameters
+    ----------
+    pred : torch.Tensor
+        The prediction, of ``x``'s shape ``(B, ...)``.
+    x : torch.Tensor
+        The noisy input :math:`x_t`.
+    t : float or torch.Tensor
+        A time in :math:`[0, 1]`, or one per example ``(B,)``.
+    path : GaussianPath
+        The path.
+    src, dst : {"eps", "x0", "v", "score", "velocity"}
+        The kinds to convert from and to.
+
+    Returns
+    -------
+    torch.Tensor
+        The prediction of kind ``dst``, of ``x``'s shape.
+
+    Raises
+    ------
+    ValueError
+        If a kind is unknown, the shapes differ, ``t`` is out of :math:`[0, 1]` or of the wrong shape.
+    TypeError
+        If ``pred`` or ``x`` is not a floating-point tensor.
+    """
     check_prediction(src, "src")
     check_prediction(dst, "dst")
     check_tensor("pred", pred)

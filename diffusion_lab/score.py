@@ -1,6 +1,7 @@
-"""Langevin dynamics and score matching: the unadjusted Langevin sampler, annealed Langevin
+r"""Langevin dynamics and score matching: the unadjusted Langevin sampler, annealed Langevin
 dynamics (Song & Ermon 2019, Algorithm 1), denoising score matching (Vincent 2011) with
-lambda(sigma) = sigma^2, and the bridge eps = -sqrt(1 - alpha_bar) * score to DDPM."""
+:math:`\lambda(\sigma) = \sigma^2`, and the bridge :math:`\epsilon = -\sqrt{1 - \bar\alpha}\,\nabla\log q` to DDPM.
+"""
 from __future__ import annotations
 
 import math
@@ -30,10 +31,38 @@ def _score_watch(x):
 @torch.no_grad()
 def langevin_sample(score_fn, x: torch.Tensor, step_size: float, n_steps: int, generator: torch.Generator | None = None,
                     callback=None) -> torch.Tensor:
-    """Unadjusted Langevin: x <- x + step_size * score(x) + sqrt(2 step_size) z, z ~ N(0, I).
+    r"""Unadjusted Langevin dynamics on a known score (chapter 9, the book's :math:`\eta` form).
 
-    It samples p exactly only as step_size -> 0 (the bias grows with the step size).
-    callback, if given, gets {"i": step, "x": x} after every step.
+    .. math:: x \leftarrow x + \eta\, \nabla_x \log p(x) + \sqrt{2\eta}\, z, \qquad z \sim \mathcal N(0, I).
+
+    It samples :math:`p` exactly only as :math:`\eta \to 0`: the bias grows with the step size.
+
+    Parameters
+    ----------
+    score_fn : callable
+        ``score_fn(x) -> grad log p(x)``, of ``x``'s shape.
+    x : torch.Tensor
+        Starting points, shape ``(B, ...)``.
+    step_size : float
+        :math:`\eta > 0`.
+    n_steps : int
+        Number of steps, :math:`\ge 0`.
+    generator : torch.Generator, optional
+        Source of the noise.
+    callback : callable, optional
+        Called after every step with ``{"i": step, "x": x}``.
+
+    Returns
+    -------
+    torch.Tensor
+        The final samples, of ``x``'s shape.
+
+    Raises
+    ------
+    TypeError
+        If ``score_fn`` or ``callback`` is not callable, or ``x`` is not a floating-point tensor.
+    ValueError
+        If ``step_size`` is not positive, ``n_steps`` is negative, or ``x`` or a score holds NaN or inf.
     """
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable, got {type(score_fn).__name__}")
@@ -54,7 +83,27 @@ def langevin_sample(score_fn, x: torch.Tensor, step_size: float, n_steps: int, g
 
 
 def geometric_sigmas(sigma_max: float = 5.0, sigma_min: float = 0.01, n: int = 10) -> torch.Tensor:
-    """A decreasing geometric ladder sigma_max = sigma_1 > ... > sigma_n = sigma_min (Song & Ermon 2019)."""
+    r"""A decreasing geometric ladder :math:`\sigma_\max = \sigma_1 > \dots > \sigma_n = \sigma_\min` (Song & Ermon 2019).
+
+    Parameters
+    ----------
+    sigma_max, sigma_min : float, optional
+        The largest and smallest levels, positive, ``sigma_min <= sigma_max`` (defaults 5.0 and 0.01).
+    n : int, optional
+        Number of levels, :math:`\ge 1` (default 10).
+
+    Returns
+    -------
+    torch.Tensor
+        The levels, shape ``(n,)``, decreasing.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If an argument is not a number in its range, or ``sigma_min > sigma_max``.
+    """
     sigma_max = check_number("sigma_max", sigma_max, low=0, low_open=True)
     sigma_min = check_number("sigma_min", sigma_min, low=0, low_open=True)
     n = check_int("n", n, low=1)
@@ -73,14 +122,44 @@ def _check_sigmas(sigmas) -> torch.Tensor:
 @torch.no_grad()
 def annealed_langevin_sample(score_model, sigmas, x: torch.Tensor, step_size: float, n_steps_each: int,
                              generator: torch.Generator | None = None, callback=None, *, progress: bool = False) -> torch.Tensor:
-    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1), in the book's eta form.
+    r"""Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1), in the book's :math:`\eta` form.
 
-    For each sigma_i (decreasing), run n_steps_each Langevin steps on score_model(x, sigma_i),
-    x <- x + eta_i s + sqrt(2 eta_i) z with eta_i = step_size * sigma_i^2 / sigma_L^2
-    (the same form as langevin_sample). The paper writes the step as alpha_i/2 s + sqrt(alpha_i) z
-    with alpha_i = epsilon sigma_i^2 / sigma_L^2, so eta_i = alpha_i / 2 and step_size = epsilon / 2
-    (dl.langevin_delta_to_eta converts). score_model(x, sigma) gets sigma as a (B,) tensor.
-    callback gets {"level": i, "sigma": sigma_i, "i": step, "x": x}.
+    For each :math:`\sigma_i` (decreasing), run ``n_steps_each`` Langevin steps on ``score_model(x, sigma_i)``:
+    :math:`x \leftarrow x + \eta_i s + \sqrt{2\eta_i}\,z` with :math:`\eta_i = \eta\,\sigma_i^2/\sigma_L^2`, :math:`\eta` = ``step_size``
+    (the same form as :func:`langevin_sample`). The paper writes the step as :math:`\frac{\alpha_i}{2} s + \sqrt{\alpha_i}\,z`
+    with :math:`\alpha_i = \epsilon\,\sigma_i^2/\sigma_L^2`, so :math:`\eta_i = \alpha_i/2` and
+    ``step_size`` :math:`= \epsilon/2` (:func:`langevin_delta_to_eta` converts).
+
+    Parameters
+    ----------
+    score_model : callable
+        ``score_model(x, sigma) -> score``; ``sigma`` is passed as a tensor of shape ``(B,)``.
+    sigmas : sequence of float or torch.Tensor
+        The decreasing noise levels :math:`\sigma_1 > \dots > \sigma_L`, positive.
+    x : torch.Tensor
+        Starting points, shape ``(B, ...)``.
+    step_size : float
+        :math:`\eta > 0` at the last level.
+    n_steps_each : int
+        Langevin steps per level, :math:`\ge 1`.
+    generator : torch.Generator, optional
+        Source of the noise.
+    callback : callable, optional
+        Called after every step with ``{"level": i, "sigma": sigma_i, "i": step, "x": x}``.
+    progress : bool, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    torch.Tensor
+        The final samples, of ``x``'s shape.
+
+    Raises
+    ------
+    TypeError
+        If ``score_model`` or ``callback`` is not callable, or ``x`` is not a floating-point tensor.
+    ValueError
+        If ``sigmas`` is empty or not positive and finite, a number is out of range, or a score holds NaN or inf.
     """
     if not callable(score_model):
         raise TypeError(f"score_model must be callable as score_model(x, sigma), got {type(score_model).__name__}")
@@ -106,11 +185,38 @@ def annealed_langevin_sample(score_model, sigmas, x: torch.Tensor, step_size: fl
 
 
 def dsm_loss(score_model, x: torch.Tensor, sigmas, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Denoising score matching over a set of noise levels (Song & Ermon 2019, Eqs. 5-6).
+    r"""Denoising score matching over a set of noise levels (Vincent 2011; Song & Ermon 2019, Eqs. 5-6).
 
-    For x_tilde = x + sigma z the target score is -z / sigma; with lambda(sigma) = sigma^2,
-    loss = mean_batch 1/2 * sigma^2 * || s(x_tilde, sigma) + z / sigma ||^2 (summed over dimensions),
-    with sigma drawn uniformly from `sigmas` per sample.
+    For :math:`\tilde x = x + \sigma z` the target score is :math:`-z/\sigma`; with :math:`\lambda(\sigma) = \sigma^2`,
+
+    .. math::
+
+       L = \operatorname{mean}_\text{batch}\ \tfrac12\,\sigma^2\, \big\| s_\theta(\tilde x, \sigma) + z/\sigma \big\|^2
+
+    (summed over dimensions), with :math:`\sigma` drawn uniformly from ``sigmas`` per sample.
+
+    Parameters
+    ----------
+    score_model : callable
+        ``score_model(x, sigma) -> score``, ``sigma`` of shape ``(B,)``.
+    x : torch.Tensor
+        Clean data, shape ``(B, ...)``.
+    sigmas : sequence of float or torch.Tensor
+        The noise levels, positive and finite.
+    generator : torch.Generator, optional
+        Source of :math:`\sigma` and :math:`z`.
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss.
+
+    Raises
+    ------
+    TypeError
+        If ``score_model`` is not callable or ``x`` is not a floating-point tensor.
+    ValueError
+        If ``sigmas`` is empty or has a non-positive or non-finite entry, or ``x`` holds NaN or inf.
     """
     if not callable(score_model):
         raise TypeError(f"score_model must be callable as score_model(x, sigma), got {type(score_model).__name__}")
@@ -134,8 +240,29 @@ def _dsm_loss(score_model, x, sigmas, generator) -> torch.Tensor:
 
 
 class ScoreMLP(nn.Module):
-    """A noise-conditional score network for vectors: s(x, sigma) = f(x, log sigma) / sigma
-    (the 1/sigma output scaling of Song & Ermon 2020, Sec. 3.3)."""
+    r"""A noise-conditional score network for vectors, :math:`s_\theta(x, \sigma) = f_\theta(x, \log\sigma)/\sigma`.
+
+    The :math:`1/\sigma` output scaling is Song & Ermon (2020, Sec. 3.3): :math:`f_\theta` then predicts
+    :math:`-z`, a target of unit scale at every level.
+
+    Parameters
+    ----------
+    dim : int, optional
+        Data dimension (default 2).
+    hidden : int, optional
+        Width of the hidden layers (default 128).
+    depth : int, optional
+        Number of hidden layers (default 3).
+    emb_dim : int, optional
+        Size of the embedding of :math:`\log\sigma` (default 64).
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``dim`` is not a positive integer.
+    """
 
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64):
         super().__init__()
@@ -147,6 +274,20 @@ class ScoreMLP(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
 
     def forward(self, x, sigma):
+        r"""The score :math:`s_\theta(x, \sigma)`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Shape ``(B, dim)``.
+        sigma : torch.Tensor
+            Noise levels, shape ``(B,)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(B, dim)``.
+        """
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
         emb = self.emb(timestep_embedding(torch.log(sigma) * 100.0, self.emb_dim))
         h = self.inp(x)
@@ -156,7 +297,31 @@ class ScoreMLP(nn.Module):
 
 
 def eps_to_score(eps: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
-    """score(x_t) = -eps / sqrt(1 - alpha_bar_t) (the noise predictor is a scaled score)."""
+    r"""The score from a noise prediction: :math:`\nabla_{x_t}\log q(x_t) = -\epsilon / \sqrt{1 - \bar\alpha_t}`.
+
+    The noise predictor is a scaled score (chapter 9, "The bridge to DDPM").
+
+    Parameters
+    ----------
+    eps : torch.Tensor
+        A noise prediction, shape ``(B, ...)``.
+    schedule : Schedule
+        The variance schedule.
+    t : int or torch.Tensor
+        One timestep, or one per example, shape ``(B,)``.
+
+    Returns
+    -------
+    torch.Tensor
+        The score, of ``eps``'s shape.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``eps`` is not a finite floating-point tensor, or ``t`` is not a valid timestep.
+    """
     _check_schedule(schedule)
     check_tensor("eps", eps)
     t = schedule.check_t(t)
@@ -164,13 +329,35 @@ def eps_to_score(eps: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
 
 
 def ddpm_score_model(model, schedule: Schedule, cond=None):
-    """View a DDPM epsilon model as a noise-conditional score s(x, sigma) on the forward marginals,
-    sigma = sqrt(1 - alpha_bar_t): each requested sigma is mapped to the timestep t whose
-    sqrt(1 - alpha_bar_t) is closest, and s = -eps(x, t) / sqrt(1 - alpha_bar_t) with that timestep's
-    sigma (Eq. ch09-eps-score), so a sigma between two table entries still gets the score of a real
-    marginal q_t. Drive it with a ladder from log_snr_sigmas (evenly spaced in log-SNR); the
-    evenly-spaced-in-t ladder of ddpm_sigmas jumps from ~0.36 to 0.01 in its last step on the linear
-    schedule and leaves annealed Langevin samples blurred (chapter 9)."""
+    r"""View a DDPM :math:`\epsilon`-model as a noise-conditional score :math:`s(x, \sigma)` on the forward marginals.
+
+    With :math:`\sigma = \sqrt{1 - \bar\alpha_t}`: each requested :math:`\sigma` is mapped to the timestep
+    :math:`t` whose :math:`\sqrt{1 - \bar\alpha_t}` is closest, and :math:`s = -\epsilon_\theta(x, t)/\sqrt{1 - \bar\alpha_t}`
+    with that timestep's :math:`\sigma` (chapter 9's Eq. ch09-eps-score), so a :math:`\sigma` between two table
+    entries still gets the score of a real marginal :math:`q_t`. Drive it with a ladder from
+    :func:`log_snr_sigmas` (evenly spaced in log-SNR); the evenly-spaced-in-:math:`t` ladder of
+    :func:`ddpm_sigmas` jumps from about 0.36 to 0.01 in its last step on the linear schedule and leaves
+    annealed Langevin samples blurred (chapter 9).
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, t, cond) -> eps_hat``.
+    schedule : Schedule
+        The schedule the model was trained with.
+    cond : torch.Tensor, optional
+        Integer labels, shape ``(B,)``, passed to every call.
+
+    Returns
+    -------
+    callable
+        ``score_model(x, sigma)`` with ``sigma`` of shape ``(B,)``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable or ``schedule`` is not a :class:`Schedule`.
+    """
     _check_schedule(schedule)
     if not callable(model):
         raise TypeError(f"model must be callable as model(x, t, cond=None), got {type(model).__name__}")
@@ -187,10 +374,30 @@ def ddpm_score_model(model, schedule: Schedule, cond=None):
 
 
 def ddpm_sigmas(schedule: Schedule, n: int = 10) -> torch.Tensor:
-    """n decreasing noise levels sqrt(1 - alpha_bar_t) at evenly spaced timesteps from T-1 to 0.
+    r"""``n`` decreasing noise levels :math:`\sqrt{1 - \bar\alpha_t}` at evenly spaced timesteps from ``T-1`` to 0.
 
-    On the linear schedule most of these levels sit near sigma = 1 and the last step jumps from
-    ~0.36 to 0.01; for annealed Langevin prefer log_snr_sigmas (chapter 9 compares the two)."""
+    On the linear schedule most of these levels sit near :math:`\sigma = 1` and the last step jumps from
+    about 0.36 to 0.01; for annealed Langevin prefer :func:`log_snr_sigmas` (chapter 9 compares the two).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The variance schedule.
+    n : int, optional
+        Number of levels, in ``[1, T]`` (default 10).
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(n,)``, decreasing.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If ``n`` is not an integer in ``[1, T]``.
+    """
     _check_schedule(schedule)
     n = check_int("n", n, low=1, high=schedule.T)
     ts = torch.linspace(schedule.T - 1, 0, n).round().long()
@@ -198,9 +405,32 @@ def ddpm_sigmas(schedule: Schedule, n: int = 10) -> torch.Tensor:
 
 
 def log_snr_timesteps(schedule: Schedule, n: int = 10, t_min: int = 0) -> torch.Tensor:
-    """n distinct decreasing timesteps from T-1 down to t_min, evenly spaced in the log
-    signal-to-noise ratio log(alpha_bar_t / (1 - alpha_bar_t)) (each target mapped to the nearest
-    timestep). Raises ValueError when two targets map to the same timestep (n too large)."""
+    r"""``n`` distinct decreasing timesteps from ``T-1`` down to ``t_min``, evenly spaced in log-SNR.
+
+    The log signal-to-noise ratio is :math:`\log\big(\bar\alpha_t / (1 - \bar\alpha_t)\big)`; each target is
+    mapped to the nearest timestep.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The variance schedule.
+    n : int, optional
+        Number of timesteps, in ``[1, T - t_min]`` (default 10).
+    t_min : int, optional
+        The last timestep (default 0).
+
+    Returns
+    -------
+    torch.Tensor
+        Integer timesteps, shape ``(n,)``, decreasing.
+
+    Raises
+    ------
+    ValueError
+        If two targets map to the same timestep (``n`` too large), or an argument is out of range.
+    TypeError
+        If ``n`` or ``t_min`` is not an integer.
+    """
     _check_schedule(schedule)
     t_min = check_int("t_min", t_min, low=0, high=schedule.T - 1)
     n = check_int("n", n, low=1, high=schedule.T - t_min)
@@ -215,7 +445,30 @@ def log_snr_timesteps(schedule: Schedule, n: int = 10, t_min: int = 0) -> torch.
 
 
 def log_snr_sigmas(schedule: Schedule, n: int = 10, t_min: int = 0) -> torch.Tensor:
-    """The noise levels sqrt(1 - alpha_bar_t) at log_snr_timesteps(schedule, n, t_min): the ladder
-    to use with ddpm_score_model and annealed_langevin_sample (float32, decreasing)."""
+    r"""The noise levels :math:`\sqrt{1 - \bar\alpha_t}` at :func:`log_snr_timesteps`.
+
+    The ladder to use with :func:`ddpm_score_model` and :func:`annealed_langevin_sample`.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The variance schedule.
+    n : int, optional
+        Number of levels (default 10).
+    t_min : int, optional
+        The last timestep (default 0).
+
+    Returns
+    -------
+    torch.Tensor
+        float32, shape ``(n,)``, decreasing.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        As for :func:`log_snr_timesteps`.
+    """
     ts = log_snr_timesteps(schedule, n, t_min)
     return (1 - schedule.alpha_bars[ts]).sqrt().float()

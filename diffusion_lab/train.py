@@ -22,11 +22,54 @@ from .vae import VAE, _vae_loss
 
 
 class TrainingDivergedError(RuntimeError):
-    """Raised when the loss becomes NaN or infinite."""
+    """Raised when the training loss becomes NaN or infinite; the message names the first bad step."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    r"""The training options shared by every trainer: a frozen dataclass, defaults sized for a 2-core CPU.
+
+    Training uses AdamW with a linear warm-up, then cosine decay to ``lr / 10``, gradient clipping and
+    an exponential moving average (EMA) of the weights. Fields are checked on construction; trainers
+    also take them as keyword overrides (``train_ddpm(data, steps=1500)``).
+
+    Parameters
+    ----------
+    steps : int
+        Optimizer steps (default 4500; ``benchmarks/bench_toys.py`` weighs quality against time on 2-D toys).
+    batch_size : int
+        Examples per step (default 256).
+    lr : float
+        Peak learning rate, :math:`> 0` (default 2e-3).
+    warmup : int
+        Steps of linear warm-up (default 100).
+    grad_clip : float or None
+        Maximal gradient norm (default 1.0; ``None``: no clipping).
+    ema_decay : float or None
+        EMA decay in :math:`[0, 1)` (default 0.999; ``None``: off). Warmed up as
+        :math:`d = \min(d_\text{ema}, (1 + \text{step})/(10 + \text{step}))` with :math:`d_\text{ema}` = ``ema_decay``, which stays below 0.999 until
+        step 8,991: a 4,500-step run averages over its last ~500 steps.
+    seed : int
+        Seeds the initial weights, the batches and the noise (default 0).
+    progress : bool
+        Show a tqdm progress bar (default ``True``).
+    T : int
+        DDPM only: number of timesteps (default 1000).
+    schedule : {"linear", "cosine"}
+        DDPM only: the schedule's name (default ``"linear"``).
+    p_uncond : float
+        DDPM and flow matching: probability of replacing a label by the null label, for classifier-free
+        guidance, used when labels are given (default 0.1).
+    net : dict
+        Keyword arguments for the network (e.g. ``{"hidden": 256}``).
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        If a field is not of its type or out of its range.
+    """
     steps: int = 4500                # optimizer steps (benchmarks/bench_toys.py: quality vs time on 2-D toys)
     batch_size: int = 256
     lr: float = 2e-3                 # peak learning rate (linear warm-up, then cosine decay to lr / 10)
@@ -70,7 +113,15 @@ def _config(config, overrides) -> TrainConfig:
 
 
 class EMA:
-    """Exponential moving average of a model's parameters and buffers."""
+    """Exponential moving average of a model's parameters (buffers are copied).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model to average; ``EMA.shadow`` is a frozen copy in eval mode.
+    decay : float
+        The decay :math:`d`.
+    """
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
@@ -82,6 +133,18 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int):
+        r"""Move the average towards ``model``: :math:`\bar\theta \leftarrow d'\,\bar\theta + (1 - d')\,\theta`.
+
+        With the warm start :math:`d' = \min(d, (1 + \text{step})/(10 + \text{step}))`, so early steps average
+        over few steps.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The model being trained (same architecture).
+        step : int
+            The step number.
+        """
         d = min(self.decay, (1 + step) / (10 + step))   # warm start: average over few steps early on
         # One fused call over all tensors (same values as a per-tensor lerp_, several times fewer dispatches).
         torch._foreach_lerp_(self._shadow_params, [p.detach() for p in model.parameters()], 1 - d)
@@ -227,13 +290,50 @@ def _resolve_schedule(schedule, config: TrainConfig):
 def train_ddpm(data: torch.Tensor, labels: torch.Tensor | None = None, config: TrainConfig | None = None, *,
                model: torch.nn.Module | None = None, schedule: Schedule | str | None = None, device=None, callback=None,
                **overrides):
-    """Train an epsilon model on any (N, D) or (N, C, H, W) float tensor with the simplified loss.
+    r"""Train an :math:`\epsilon`-model with the simplified loss (Ho et al. 2020, Algorithm 1; :func:`ddpm_loss`).
 
-    With labels, the model is class-conditional and labels are dropped to the null label with
-    probability p_uncond, so the one network also serves as the unconditional model (CFG).
-    The schedule defaults to make_schedule(config.schedule, config.T): sample with the same one.
-    `schedule` may also be a name, "linear" or "cosine" (the same as the config field).
-    Returns (model, losses).
+    With labels, the model is class-conditional and labels are dropped to the null label with probability
+    ``p_uncond``, so the one network also serves as the unconditional model (classifier-free guidance). The
+    schedule defaults to ``make_schedule(config.schedule, config.T)``: sample with the same one. The network
+    is :func:`make_denoiser` of the data's shape with ``config.net``.
+
+    Parameters
+    ----------
+    data : torch.Tensor
+        Training data, shape ``(N, D)`` or ``(N, C, H, W)``.
+    labels : torch.Tensor, optional
+        Integer labels, shape ``(N,)``.
+    schedule : Schedule or {"linear", "cosine"}, optional
+        The schedule, or its name (the same as the config field).
+
+    config : TrainConfig, optional
+        The options (default ``TrainConfig()``).
+    model : torch.nn.Module, optional
+        A model to train further (default: a new one with seeded initial weights).
+    device : torch.device or str, optional
+        Where to train (default: the model's device, else the CPU).
+    callback : callable, optional
+        Called after every step with ``{"step", "loss", "model"}`` (the loss as a float; on an accelerator
+        that costs a device-to-host wait every step).
+    **overrides
+        Any :class:`TrainConfig` field, e.g. ``steps=1500``, replacing the config's value.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The trained model (the EMA weights when ``ema_decay`` is set), in eval mode.
+    losses : list of float
+        The loss of every step.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a :class:`TrainConfig`, an override is not one of its fields, or ``data`` is not
+        a floating-point tensor.
+    ValueError
+        If an argument is out of range or of the wrong shape.
+    TrainingDivergedError
+        If the loss becomes NaN or infinite (naming the first bad step).
     """
     config = _config(config, overrides)
     _check_data(data, labels)
@@ -252,7 +352,46 @@ def train_ddpm(data: torch.Tensor, labels: torch.Tensor | None = None, config: T
 
 def train_score_model(data: torch.Tensor, sigmas, config: TrainConfig | None = None, *, model=None, device=None,
                       callback=None, **overrides):
-    """Train a noise-conditional score network s(x, sigma) by denoising score matching. Returns (model, losses)."""
+    r"""Train a noise-conditional score network :math:`s_\theta(x, \sigma)` by denoising score matching (:func:`dsm_loss`).
+
+    The network is a :class:`ScoreMLP` with ``config.net``.
+
+    Parameters
+    ----------
+    data : torch.Tensor
+        Vectors, shape ``(N, D)``.
+    sigmas : sequence of float or torch.Tensor
+        The noise levels, positive.
+
+    config : TrainConfig, optional
+        The options (default ``TrainConfig()``).
+    model : torch.nn.Module, optional
+        A model to train further (default: a new one with seeded initial weights).
+    device : torch.device or str, optional
+        Where to train (default: the model's device, else the CPU).
+    callback : callable, optional
+        Called after every step with ``{"step", "loss", "model"}`` (the loss as a float; on an accelerator
+        that costs a device-to-host wait every step).
+    **overrides
+        Any :class:`TrainConfig` field, e.g. ``steps=1500``, replacing the config's value.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The trained model (the EMA weights when ``ema_decay`` is set), in eval mode.
+    losses : list of float
+        The loss of every step.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a :class:`TrainConfig`, an override is not one of its fields, or ``data`` is not
+        a floating-point tensor.
+    ValueError
+        If an argument is out of range or of the wrong shape.
+    TrainingDivergedError
+        If the loss becomes NaN or infinite (naming the first bad step).
+    """
     config = _config(config, overrides)
     _check_data(data)
     sigmas = _check_sigmas(sigmas)
@@ -270,7 +409,48 @@ def train_score_model(data: torch.Tensor, sigmas, config: TrainConfig | None = N
 
 def train_vae(data: torch.Tensor, config: TrainConfig | None = None, *, latent_dim: int = 2, beta: float = 1.0,
               decoder_std: float = 0.2, model=None, device=None, callback=None, **overrides):
-    """Train a VAE by maximizing the (beta-weighted) ELBO. Returns (model, losses)."""
+    r"""Train a :class:`VAE` by maximizing the (:math:`\beta`-weighted) ELBO (:func:`vae_loss`).
+
+    Parameters
+    ----------
+    data : torch.Tensor
+        Training data, shape ``(N, ...)``.
+    latent_dim : int, optional
+        Latent dimension of a new model (default 2).
+    beta : float, optional
+        Weight of the KL term, :math:`\ge 0` (default 1).
+    decoder_std : float, optional
+        The decoder's fixed standard deviation, :math:`> 0` (default 0.2).
+
+    config : TrainConfig, optional
+        The options (default ``TrainConfig()``).
+    model : torch.nn.Module, optional
+        A model to train further (default: a new one with seeded initial weights).
+    device : torch.device or str, optional
+        Where to train (default: the model's device, else the CPU).
+    callback : callable, optional
+        Called after every step with ``{"step", "loss", "model"}`` (the loss as a float; on an accelerator
+        that costs a device-to-host wait every step).
+    **overrides
+        Any :class:`TrainConfig` field, e.g. ``steps=1500``, replacing the config's value.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The trained model (the EMA weights when ``ema_decay`` is set), in eval mode.
+    losses : list of float
+        The loss of every step.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a :class:`TrainConfig`, an override is not one of its fields, or ``data`` is not
+        a floating-point tensor.
+    ValueError
+        If an argument is out of range or of the wrong shape.
+    TrainingDivergedError
+        If the loss becomes NaN or infinite (naming the first bad step).
+    """
     config = _config(config, overrides)
     _check_data(data)
     if model is None:
@@ -287,8 +467,49 @@ def train_vae(data: torch.Tensor, config: TrainConfig | None = None, *, latent_d
 
 def train_classifier(data: torch.Tensor, labels: torch.Tensor, config: TrainConfig | None = None, *,
                      schedule: Schedule | str | None = None, model=None, device=None, callback=None, **overrides):
-    """Train a noise-aware classifier p(c | x_t, t) on data noised by the forward process at uniform t
-    (what classifier guidance needs). Returns (model, losses)."""
+    r"""Train a noise-aware classifier :math:`p_\phi(c \mid x_t, t)` for classifier guidance.
+
+    The data are noised by the forward process at uniform :math:`t` (:func:`q_sample`); the network is a
+    :class:`NoisyClassifier`.
+
+    Parameters
+    ----------
+    data : torch.Tensor
+        Clean data, shape ``(N, D)`` or ``(N, C, H, W)``.
+    labels : torch.Tensor
+        Integer labels, shape ``(N,)`` (required).
+    schedule : Schedule or {"linear", "cosine"}, optional
+        The forward process's schedule (default from the config).
+
+    config : TrainConfig, optional
+        The options (default ``TrainConfig()``).
+    model : torch.nn.Module, optional
+        A model to train further (default: a new one with seeded initial weights).
+    device : torch.device or str, optional
+        Where to train (default: the model's device, else the CPU).
+    callback : callable, optional
+        Called after every step with ``{"step", "loss", "model"}`` (the loss as a float; on an accelerator
+        that costs a device-to-host wait every step).
+    **overrides
+        Any :class:`TrainConfig` field, e.g. ``steps=1500``, replacing the config's value.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The trained model (the EMA weights when ``ema_decay`` is set), in eval mode.
+    losses : list of float
+        The loss of every step.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a :class:`TrainConfig`, an override is not one of its fields, or ``data`` is not
+        a floating-point tensor.
+    ValueError
+        If an argument is out of range or of the wrong shape.
+    TrainingDivergedError
+        If the loss becomes NaN or infinite (naming the first bad step).
+    """
     config = _config(config, overrides)
     _check_data(data, labels)
     if labels is None:

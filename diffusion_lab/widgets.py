@@ -64,10 +64,36 @@ def _stack(pngs: list[bytes], initial: int) -> W.Stack:
 
 
 def frame_slider(frames, values, description: str, *, initial: int = 0, dpi: float = 80) -> W.VBox:
-    """One slider over precomputed frames: frame `i` is shown when the slider reads `values[i]`.
+    """One slider over precomputed frames: frame ``i`` is shown when the slider reads ``values[i]``.
 
-    `frames` are PNG bytes or matplotlib Figures (rendered at `dpi` and closed).
-    Returns `VBox([slider, stack])`; `box.links` holds the jslink.
+    The slider's index is ``jslink``-ed to an ``ipywidgets.Stack``'s ``selected_index``, so it works on the
+    static site without a kernel.
+
+    Parameters
+    ----------
+    frames : sequence
+        PNG bytes or matplotlib Figures (rendered at ``dpi`` and closed), one per value.
+    values : sequence of float or str
+        The slider's labels, distinct once shown.
+    description : str
+        The slider's label (plain text or Unicode, not ``$...$``).
+    initial : int, optional
+        The index shown first (default 0).
+    dpi : float, optional
+        Resolution for Figures (default 80).
+
+    Returns
+    -------
+    ipywidgets.VBox
+        ``VBox([slider, stack])``; ``box.links`` holds the jslink.
+
+    Raises
+    ------
+    TypeError
+        If ``description`` is not a string or a value is neither a number nor a string.
+    ValueError
+        If the frames and values differ in number, a frame is neither PNG bytes nor a Figure, the labels
+        are not distinct, or ``initial`` is out of range.
     """
     labels = _labels("values", values)
     pngs = _frames("frames", frames, len(labels), "values", dpi)
@@ -80,10 +106,34 @@ def frame_slider(frames, values, description: str, *, initial: int = 0, dpi: flo
 
 def frame_grid(frames_2d, values_a, values_b, desc_a: str, desc_b: str, *,
                initial: tuple[int, int] = (0, 0), dpi: float = 80) -> W.VBox:
-    """Two sliders over a grid of frames: `frames_2d[i][j]` is shown for `(values_a[i], values_b[j])`.
+    """Two sliders over a grid of frames: ``frames_2d[i][j]`` is shown for ``(values_a[i], values_b[j])``.
 
-    Built as an outer Stack (selected by slider a) of inner Stacks, all of which follow
-    slider b. Returns `VBox([slider_a, slider_b, outer_stack])`; `box.links` holds the jslinks.
+    Built as an outer Stack (selected by slider a) of inner Stacks, all of which follow slider b.
+
+    Parameters
+    ----------
+    frames_2d : sequence of sequence
+        One row of frames per entry of ``values_a``, one frame per entry of ``values_b``.
+    values_a, values_b : sequence of float or str
+        The two sliders' labels.
+    desc_a, desc_b : str
+        The two sliders' descriptions.
+    initial : tuple of int, optional
+        The indices ``(i, j)`` shown first (default ``(0, 0)``).
+    dpi : float, optional
+        Resolution for Figures (default 80).
+
+    Returns
+    -------
+    ipywidgets.VBox
+        ``VBox([slider_a, slider_b, outer_stack])``; ``box.links`` holds the jslinks.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type documented above.
+    ValueError
+        As for :func:`frame_slider`, and if ``frames_2d`` is not rows of frames matching the values.
     """
     labels_a = _labels("values_a", values_a)
     labels_b = _labels("values_b", values_b)

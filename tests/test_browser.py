@@ -5,7 +5,9 @@ solution and hidden cell input opened: it loads; every equation is typeset by Ma
 none is typeset as an error (an undefined macro, a missing brace); no TeX source is left in
 the rendered text outside code; the widgets and images the notebook's stored outputs hold
 are all there (counted in the .ipynb, not in the HTML under test) and load; each download
-link serves the page's source file; there is exactly one visible search box; a chapter
+link serves the page's source file; every link within the site resolves, its #anchor included
+(on the library reference pages every documented function and class has a "[source]" link, to
+its highlighted code); there is exactly one visible search box; a chapter
 opens with its title; a Chinese term is drawn with a real glyph of a CJK font; the console
 has no errors; and on pages with widgets each slider changes the displayed image. A last
 test plants each kind of defect in a page and checks that the detectors report it. The test machine is
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import html
 import http.server
 import json
 import mimetypes
@@ -28,7 +31,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pytest
 import yaml
@@ -304,6 +307,34 @@ JS_VISIBLE_SEARCH_BOXES = """() => [...document.querySelectorAll('.search-button
               return {cls: e.className || e.tagName, inView: r.top >= 0 && r.bottom <= innerHeight}; })"""
 
 JS_DOWNLOAD_LINKS = """() => [...document.querySelectorAll('.dropdown-download-buttons a[href]')].map(a => a.href)"""
+JS_ARTICLE_LINKS = """() => [...document.querySelectorAll('article.bd-article a[href]')].map(a => a.href)"""
+# Documented functions, classes and methods (autodoc entries) and whether each has its "[source]" link.
+JS_SOURCE_LINKS = """() => [...document.querySelectorAll(
+    'article.bd-article dl.py:is(.function, .class, .method) > dt.sig')].map(dt => ({
+      id: dt.id, source: (dt.querySelector('.viewcode-link') || {closest: () => null}).closest('a')?.href || null}))"""
+
+_FETCHED: dict[str, tuple[int, set[str]]] = {}   # page URL -> (HTTP status, element ids), shared by all pages
+
+
+def broken_links(rec, server: str, hrefs) -> list[str]:
+    """The links among hrefs that point into the site (the local server) and do not resolve: a page that
+    is not served, or a #fragment naming no element of its page. Each page is fetched once per session."""
+    bad = []
+    for href in hrefs:
+        if not href.startswith(server + "/"):
+            continue                        # external (bibliography DOIs, the repository): not followed offline
+        url, _, frag = href.partition("#")
+        if url not in _FETCHED:
+            got = rec.context.request.get(url)
+            body = got.text() if got.ok and url.endswith(".html") else ""
+            ids = set(re.findall(r'\sid="([^"]+)"', body)) | set(re.findall(r"\sid='([^']+)'", body))
+            _FETCHED[url] = (got.status, {html.unescape(i) for i in ids})
+        status, ids = _FETCHED[url]
+        if status != 200:
+            bad.append(f"{href} -> HTTP {status}")
+        elif frag and unquote(frag) not in ids:
+            bad.append(f"{href} -> no element with id {unquote(frag)!r}")
+    return bad
 
 # The first heading or code cell of the article: a chapter must open with its title.
 JS_FIRST_BLOCK = """() => {
@@ -461,7 +492,17 @@ def test_page(page, browser, server):
                     f"{page}: widget {k}, slider {s}: moving {before_label!r} -> {after_label!r} did not change the image")
             widget.screenshot(path=str(SHOTS / f"{page_name(page)}-widget{k}-after.png"))
 
-        # 6. nothing went wrong on the way
+        # 6. every link within the site resolves, #anchor included; on the library reference every
+        #    function, class and method has a "[source]" link (viewcode's highlighted code)
+        bad = broken_links(rec, server, set(rec.page.evaluate(JS_ARTICLE_LINKS)))
+        assert not bad, f"{page}: links that do not resolve:\n" + "\n".join(sorted(bad))
+        if page.startswith("book/reference/") and page != "book/reference/index":
+            entries = rec.page.evaluate(JS_SOURCE_LINKS)
+            assert entries, f"{page}: no documented function or class"
+            missing = [e["id"] for e in entries if not e["source"]]
+            assert not missing, f"{page}: entries without a [source] link: {missing}"
+
+        # 7. nothing went wrong on the way
         assert not rec.blocked, f"{page}: requests that would leave the machine (or missing local copies): {rec.blocked}"
         assert not rec.http_errors, f"{page}: failed requests: {rec.http_errors}"
         assert not rec.console_errors, f"{page}: console errors: {rec.console_errors}"
@@ -506,5 +547,10 @@ def test_detectors_catch_planted_defects(browser, server):
         assert any("undefined \\undefinedmacro" in e for e in errors), errors
         assert any("error node" in e for e in errors), errors
         assert any("planted console error" in e for e in rec.console_errors), rec.console_errors
+        here = f"{server}/book/01_probability.html"
+        assert broken_links(rec, server, [here, f"{server}/book/02_information_theory.html"]) == []
+        bad = broken_links(rec, server, [f"{server}/book/no_such_page.html", f"{here}#no-such-anchor",
+                                         "https://example.org/external"])
+        assert [b.split(" -> ")[0] for b in bad] == [f"{server}/book/no_such_page.html", f"{here}#no-such-anchor"], bad
     finally:
         rec.close()
