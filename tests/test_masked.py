@@ -216,3 +216,14 @@ def test_sampler_keeps_float64_off_the_device_and_does_not_sync_per_step():
         return lambda: dl.masked_diffusion_sample(net.to(FAKE), (4, 6), steps=steps,
                                                   generator=torch.Generator().manual_seed(0))
     _check("masked_diffusion_sample", run(4), run(8))
+
+
+def test_trainer_keeps_float64_off_the_device_and_does_not_sync_per_step():
+    from test_device_discipline import FAKE, _check
+
+    def run(steps):
+        x, y = _draw(200, 12), torch.randint(0, 2, (200,), generator=torch.Generator().manual_seed(13))
+        return lambda: dl.train_masked_diffusion(x, y, steps=steps, device=FAKE, batch_size=32, progress=False,
+                                                 warmup=2, net=dict(hidden=16, depth=1, emb_dim=8, token_dim=4))[1]
+    losses, _ = _check("train_masked_diffusion", run(3), run(9))
+    assert len(losses) == 9 and all(isinstance(v, float) and math.isfinite(v) for v in losses)
