@@ -19,7 +19,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from ._checks import check_callback, check_generator, check_int, check_shape, check_tensor
+from ._checks import FiniteWatch, check_callback, check_generator, check_int, check_shape, check_tensor
 from .categorical import check_tokens
 from .ddpm import _check_cond, _check_model, model_device
 from .nets import TokenMLP
@@ -238,16 +238,21 @@ def masked_diffusion_sample(model, shape, steps: int = 100, cond=None, generator
     device = model_device(model)
     x = torch.full(shape, K, dtype=torch.long, device=device)
     ts = 1 - torch.arange(steps + 1, dtype=torch.float64) / steps
+    # non-finite logits: checked at once on the CPU; on an accelerator flagged there and read once, after the loop
+    watch = FiniteWatch(device, lambda w: f"model returned non-finite logits (NaN or inf) at step {w[0]} "
+                                          f"(t = {w[1]:.4g}): the model is broken or diverged")
     for i in tqdm(range(steps), desc="masked_diffusion_sample", disable=not progress):
         t, s = float(ts[i]), float(ts[i + 1])
-        logits = _logits(model, x, torch.full((shape[0],), t, device=device), cond, K)
-        cdf = torch.softmax(logits.double(), -1).cumsum(-1)                             # inverse-CDF draw
-        u = torch.rand(shape, generator=generator, dtype=torch.float64).to(device)
+        logits = _logits(model, x, torch.full((shape[0],), t, device=device), cond, K, check_finite=False)
+        watch.check(logits, (i, t))
+        cdf = torch.softmax(logits.float(), -1).cumsum(-1)                              # inverse-CDF draw
+        u = torch.rand(shape, generator=generator).to(device, non_blocking=True)
         draw = (cdf < u[..., None]).sum(-1).clamp(max=K - 1)
-        reveal = torch.rand(shape, generator=generator, dtype=torch.float64).to(device) < (t - s) / t
-        x = torch.where((x == K) & reveal, draw, x)
+        reveal = torch.rand(shape, generator=generator, dtype=torch.float64) < (t - s) / t    # on the CPU
+        x = torch.where((x == K) & reveal.to(device, non_blocking=True), draw, x)
         if callback is not None:
             callback({"step": i, "t": s, "x": x})
+    watch.done()
     return x
 
 

@@ -204,3 +204,26 @@ def test_bad_input():
         dl.MaskedOracle(torch.ones(4, 4) / 4)
     with pytest.raises(ValueError, match="tokens must hold categories"):
         dl.train_masked_diffusion(torch.tensor([[0, 5]]), K=3, steps=1)
+
+
+def test_sampler_keeps_float64_off_the_device_and_does_not_sync_per_step():
+    # the simulated accelerator of tests/test_device_discipline.py: float64 on the device, or a device-to-host
+    # sync per step (a NaN check read every step), fails it
+    from test_device_discipline import FAKE, _check, _seeded
+
+    def run(steps):
+        net = _seeded(lambda: dl.TokenMLP((6,), K=K, hidden=16, depth=1, emb_dim=8, token_dim=4).eval())
+        return lambda: dl.masked_diffusion_sample(net.to(FAKE), (4, 6), steps=steps,
+                                                  generator=torch.Generator().manual_seed(0))
+    _check("masked_diffusion_sample", run(4), run(8))
+
+
+def test_trainer_keeps_float64_off_the_device_and_does_not_sync_per_step():
+    from test_device_discipline import FAKE, _check
+
+    def run(steps):
+        x, y = _draw(200, 12), torch.randint(0, 2, (200,), generator=torch.Generator().manual_seed(13))
+        return lambda: dl.train_masked_diffusion(x, y, steps=steps, device=FAKE, batch_size=32, progress=False,
+                                                 warmup=2, net=dict(hidden=16, depth=1, emb_dim=8, token_dim=4))[1]
+    losses, _ = _check("train_masked_diffusion", run(3), run(9))
+    assert len(losses) == 9 and all(isinstance(v, float) and math.isfinite(v) for v in losses)
