@@ -36,5 +36,8 @@ from .dpm_solver import dpm_solver_sample
 from .edm import edm_sample, karras_sigmas
 from .flow import (VelocityMLP, VelocityUNet, flow_matching_loss, make_velocity_net, ot_coupling, reflow_pairs,
                    straightness, train_flow)
+from .distill import progressive_distill
+from .consistency import ConsistencyModel, consistency_sample, consistency_times, exact_consistency_function
+from .consistency_training import consistency_distill, consistency_train
 
 __version__ = "0.1.0"
