@@ -191,3 +191,37 @@ def test_bad_input_raises_clear_errors():
         dl.consistency_train(data, path, s1=5, steps=1, progress=False)
     with pytest.raises(dl.TrainingDivergedError, match="training diverged at step 0"):
         dl.consistency_train(data * 1e30, path, steps=2, progress=False)
+
+
+# ---- consistency training's ingredients (closed forms) and guidance ---------------------------------------------
+
+def test_ct_curriculum_noise_levels_and_distance_match_the_papers_formulas():
+    from diffusion_lab.consistency_training import ct_schedule, karras_times, lognormal_weights, pseudo_huber
+    stats = pytest.importorskip("scipy.stats")
+    # Song & Dhariwal 2023, Sec. 3.4 with their K = 400,000, s0 = 10, s1 = 1280: K' = 50,000, N doubles from 11
+    assert [ct_schedule(k, 400_000) for k in (0, 49_999, 50_000, 100_000, 349_999, 350_000, 399_999)] == \
+        [11, 11, 21, 41, 641, 1281, 1281]
+    # lognormal noise levels: p(n) = P(r_n < r < r_{n+1}) for log r ~ N(-1.1, 2^2), here from scipy's normal CDF
+    path = dl.ve_path(0.002, 80.0)
+    r = path.sigma(karras_times(path, 11))
+    torch.testing.assert_close(r, dl.karras_sigmas(11, 0.002, 80.0).flip(0))          # the Karras grid, increasing
+    cdf = torch.from_numpy(stats.norm.cdf(torch.log(r).numpy(), loc=-1.1, scale=2.0))
+    p = lognormal_weights(r)
+    torch.testing.assert_close(p / p.sum(), (cdf[1:] - cdf[:-1]) / (cdf[-1] - cdf[0]))
+    # pseudo-Huber: sqrt(|a - b|^2 + c^2) - c with c = 0.00054 sqrt(D), per sample
+    a, b = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]]), torch.zeros(2, 3)
+    c = 0.00054 * math.sqrt(3)
+    torch.testing.assert_close(pseudo_huber(a, b), torch.tensor([math.sqrt(25 + c * c) - c, 0.0]))
+
+
+def test_a_conditional_consistency_model_samples_with_cfg():
+    path = dl.ve_path(0.002, 80.0)
+    model = dl.ConsistencyModel(dl.make_velocity_net((2,), num_classes=3), path)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(8)))
+    cond = torch.arange(6) % 3
+    run = lambda m: dl.consistency_sample(m, path, (6, 2), steps=2, cond=cond,  # noqa: E731
+                                          generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(run(dl.cfg(model, 1.0)), run(model))                  # scale 1: the conditional model
+    assert (run(dl.cfg(model, 3.0)) - run(model)).abs().max() > 1e-3                 # and the scale does act
