@@ -13,7 +13,7 @@ from .consistency import ConsistencyModel, _ratio, check_consistency_path
 from .ddpm import _check_model
 from .edm import karras_sigmas
 from .flow import make_velocity_net
-from .paths import ve_path
+from .paths import SchedulePath, ve_path
 from .predictions import check_prediction, path_coefficients, to_pair
 from .train import TrainConfig, _check_data, _config, dropped_labels, fit, setup
 
@@ -40,7 +40,7 @@ def _prepare(data, labels, path, config, model, device, sigma_data):
     if model is not None:
         if not isinstance(model, ConsistencyModel):
             raise TypeError(f"model must be a ConsistencyModel or None, got {type(model).__name__}")
-        if model.path != path:
+        if not _same_path(model.path, path):
             raise ValueError(f"model was built on {model.path}, but path is {path}: they must match")
         model.requires_grad_(True)
     return setup(data, labels, config, model, lambda k: ConsistencyModel(
@@ -85,8 +85,15 @@ def _probe_teacher(teacher, path, x, cond, prediction):
             raise ValueError(f"teacher output must have the input's shape {tuple(x.shape)}, got {got}")
         if not bool(torch.isfinite(out).all()):
             raise ValueError(f"teacher output at t = {t:.4g} is not finite (NaN or inf): the teacher is broken")
-    if getattr(teacher, "path", path) != path:
+    if not _same_path(getattr(teacher, "path", path), path):
         raise ValueError(f"teacher is a model on {teacher.path}, but path is {path}: distil on the teacher's path")
+
+
+def _same_path(a, b) -> bool:
+    """Equal paths; two SchedulePaths (compared by identity) count as equal when their schedules' betas are."""
+    if isinstance(a, SchedulePath) and isinstance(b, SchedulePath):
+        return torch.equal(a.schedule.betas, b.schedule.betas)
+    return a == b
 
 
 def consistency_distill(teacher, path, data: torch.Tensor, labels: torch.Tensor | None = None,

@@ -177,6 +177,11 @@ def test_bad_input_raises_clear_errors():
     ct_teacher = dl.discrete_model(dl.make_denoiser((2,)), dl.make_schedule("linear", 100), dl.vp_path())
     with pytest.raises(ValueError, match="teacher is a model on VPPath.*but path is VEPath"):
         dl.consistency_distill(ct_teacher, path, data, steps=1, progress=False)
+    sched = dl.make_schedule("linear", 100)
+    same = dl.discrete_model(mix.eps_model(sched), sched)               # its own SchedulePath object
+    dl.consistency_distill(same, dl.schedule_path(sched), data, steps=1, progress=False)   # equal schedules: accepted
+    with pytest.raises(ValueError, match="teacher is a model on"):
+        dl.consistency_distill(same, dl.schedule_path(dl.make_schedule("cosine", 100)), data, steps=1, progress=False)
     with pytest.raises(ValueError, match="model was built on"):
         dl.consistency_train(data, dl.vp_path(), model=model, steps=1, progress=False)
     with pytest.raises(ValueError, match="N must be an integer in \\[2, inf\\], got 1"):
