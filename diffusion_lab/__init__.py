@@ -44,5 +44,8 @@ from .categorical import (CategoricalSchedule, categorical_posterior, categorica
 from .data import load_digit_tokens
 from .masked import (MaskedOracle, masked_diffusion_loss, masked_diffusion_nll, masked_diffusion_sample,
                      train_masked_diffusion)
+from .distill import progressive_distill
+from .consistency import ConsistencyModel, consistency_sample, consistency_times, exact_consistency_function
+from .consistency_training import consistency_distill, consistency_train
 
 __version__ = "0.1.0"

@@ -85,7 +85,6 @@ def digits_cfg_small():
                         "final_loss": sum(losses[-100:]) / 100, "command": COMMAND.format(name="digits_cfg_small")})
 
 
-
 # Masked diffusion on the digits as tokens (64 pixels, 17 grey levels), class-conditional, trained on the first
 # MASKED_N_TRAIN digits so that the other 297 measure bits per token on unseen data. A small network and a short
 # run: held-out bits stop improving after ~1000 steps (2.02 bits per token at 1000, 2.03 at 1500: the model starts
@@ -116,9 +115,37 @@ def digits_masked():
                         "command": COMMAND.format(name="digits_masked")})
 
 
+# A class-conditional consistency model distilled from digits_flow (consistency distillation, chapter 14) on the
+# flow's linear path cut at t_max = 0.999 (the parameterisation divides by alpha = 1 - t). Saved as its network F;
+# rebuild with dl.ConsistencyModel(net, dl.linear_path(meta["t_max"]), meta["sigma_data"]).
+CD = {"steps": 3000, "batch_size": 128, "lr": 1e-3, "net": {"arch": "mlp", "hidden": 256, "depth": 3}}
+CD_SETUP = {"teacher": "digits_flow", "prediction": "velocity", "t_max": 0.999, "sigma_data": 0.5, "N": 18,
+            "solver": "heun"}
+
+
+def digits_cd():
+    x, y = dl.load_digits()
+    teacher, _ = dl.load_pretrained("digits_flow")
+    model, losses = dl.consistency_distill(teacher, dl.linear_path(CD_SETUP["t_max"]), x, y, prediction="velocity",
+                                           N=CD_SETUP["N"], solver=CD_SETUP["solver"],
+                                           sigma_data=CD_SETUP["sigma_data"], progress=False, **CD)
+    dl.save_checkpoint(OUT / "digits_cd.pt", model.net,
+                       {**CD_SETUP, "p_uncond": dl.TrainConfig().p_uncond, "train": CD,
+                        "first_losses": losses[:20], "final_loss": sum(losses[-100:]) / 100,
+                        "command": COMMAND.format(name="digits_cd")})
+
+
+# The two-moons teacher of chapter 14 (train_ddpm with its defaults on 5,000 points, seed 0: ~1 min of CPU).
+def moons_ddpm():
+    x = dl.two_moons(5000, generator=torch.Generator().manual_seed(0))
+    model, losses = dl.train_ddpm(x, progress=False)
+    dl.save_checkpoint(OUT / "moons_ddpm.pt", model,
+                       {"T": dl.TrainConfig().T, "schedule": dl.TrainConfig().schedule, "n": 5000, "data_seed": 0,
+                        "final_loss": sum(losses[-100:]) / 100, "command": COMMAND.format(name="moons_ddpm")})
+
 
 ALL = {f.__name__: f for f in (digits_ddpm, digits_cfg, digits_noisy_classifier, digits_judge, digits_vae, digits_flow,
-                               digits_cfg_small, digits_masked)}
+                               digits_cfg_small, digits_masked, digits_cd, moons_ddpm)}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)   # several of these run side by side; one thread each avoids oversubscription
