@@ -419,3 +419,13 @@ def test_ddim_invert_names_the_step_of_a_broken_model():
     i = ts.index(7)
     with pytest.raises(ValueError, match=rf"^model output at step {i} \(t = 7\) is not finite"):
         dl.ddim_invert(model, S, X, steps=10)
+
+
+def test_ddim_sample_checks_xT_by_name_and_reports_x0_hat():
+    with pytest.raises(ValueError, match=r"^xT must be finite"):
+        dl.ddim_sample(_toy_model, S, (2, 3), steps=5, xT=NAN)
+    # the last step goes to t_prev = -1, where sigma = 0 and sqrt(1 - ab_prev - sigma^2) = 0: x_0 = x0_hat
+    calls = []
+    x = dl.ddim_sample(_toy_model, S, (3, 2), steps=4, eta=0.5, generator=_gen(44), callback=calls.append)
+    torch.testing.assert_close(calls[-1]["x0_hat"], x)
+    assert not torch.allclose(calls[0]["x0_hat"], calls[0]["x"])
