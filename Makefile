@@ -105,12 +105,13 @@ clean:
 # CONTRIBUTING.md, "Mutation testing"). Add a module to MUTANT_MODULES when it lands; the tests of
 # a module are tests/test_lib_<module>.py, those of the continuous-time modules (MUTANT_CT_MODULES)
 # tests/test_ct_*.py, those of flow tests/test_flow*.py; plus MUTANT_EXTRA_TESTS for every module
-# (the oracle sampler tests and the simulated-device tests, which kill device-only mutants).
+# (the oracle sampler tests, the referee's formula checks, and the simulated-device tests, which
+# kill device-only mutants).
 #   make mutants                              every core module
 #   make mutants MUTANT_MODULES="ddpm ddim"   some of them
 MUTANT_CT_MODULES = paths predictions ode sde likelihood dpm_solver edm discrete
 MUTANT_MODULES ?= gaussians schedules forward ddpm ddim score guidance elbo $(MUTANT_CT_MODULES) flow
-MUTANT_EXTRA_TESTS ?= tests/test_lib_samplers.py tests/test_device_discipline.py
+MUTANT_EXTRA_TESTS ?= tests/test_lib_samplers.py tests/test_lib_referee.py tests/test_device_discipline.py
 MUTANT_TESTS = $(sort $(foreach m,$(MUTANT_MODULES),$(if $(filter $(m),$(MUTANT_CT_MODULES)),$(wildcard tests/test_ct_*.py),$(if $(filter flow,$(m)),$(wildcard tests/test_flow*.py),tests/test_lib_$(m).py)))) $(MUTANT_EXTRA_TESTS)
 MUTANT_JOBS ?= 2
 DEV_INSTALLED := $(VENV)/.installed-dev

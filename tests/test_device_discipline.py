@@ -482,3 +482,14 @@ def test_arguments_on_different_devices_are_named():
     for second, first, call in calls:
         with fake_device(), pytest.raises(ValueError, match=rf"^{second} must be on the same device as {first} \(meta\), got cpu$"):
             call(torch.zeros(2, 3).to(FAKE))
+
+
+def test_xT_given_on_the_cpu_is_moved_to_the_model_device():
+    # ddim_sample moves a CPU xT to the sampling device (the model's, or device=); left on the CPU it would
+    # meet the model's device tensors.
+    xT = torch.randn(8, 2, generator=_gen(3))
+    out, _ = run_on_device(lambda: dl.ddim_sample(_mlp().to(FAKE), _schedule(40), (8, 2), steps=3, xT=xT))
+    assert isinstance(out, OnDevice)
+    out, _ = run_on_device(lambda: dl.ddim_sample(dl.cfg(_cond_net().to(FAKE), 2.0), _schedule(40), (8, 2), steps=3,
+                                                  xT=xT, cond=_cond().to(FAKE), device=FAKE))
+    assert isinstance(out, OnDevice)
