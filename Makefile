@@ -102,13 +102,17 @@ clean:
 	rm -rf _build $(BROWSER_DIR)/screenshots .pytest_cache
 
 # Mutation testing (too slow for `make test`; run it before resolving a library issue; see
-# CONTRIBUTING.md, "Mutation testing"). Add a module to MUTANT_MODULES when it lands; its tests
-# are tests/test_lib_<module>.py, plus the oracle sampler tests in MUTANT_EXTRA_TESTS.
+# CONTRIBUTING.md, "Mutation testing"). Add a module to MUTANT_MODULES when it lands; the tests of
+# a module are tests/test_lib_<module>.py, those of the continuous-time modules (MUTANT_CT_MODULES)
+# tests/test_ct_*.py, those of flow tests/test_flow*.py; plus MUTANT_EXTRA_TESTS for every module
+# (the oracle sampler tests, the referee's formula checks, and the simulated-device tests, which
+# kill device-only mutants).
 #   make mutants                              every core module
 #   make mutants MUTANT_MODULES="ddpm ddim"   some of them
-MUTANT_MODULES ?= gaussians schedules forward ddpm ddim score guidance elbo
-MUTANT_EXTRA_TESTS ?= tests/test_lib_samplers.py
-MUTANT_TESTS = $(foreach m,$(MUTANT_MODULES),tests/test_lib_$(m).py) $(MUTANT_EXTRA_TESTS)
+MUTANT_CT_MODULES = paths predictions ode sde likelihood dpm_solver edm discrete
+MUTANT_MODULES ?= gaussians schedules forward ddpm ddim score guidance elbo $(MUTANT_CT_MODULES) flow
+MUTANT_EXTRA_TESTS ?= tests/test_lib_samplers.py tests/test_lib_referee.py tests/test_device_discipline.py
+MUTANT_TESTS = $(sort $(foreach m,$(MUTANT_MODULES),$(if $(filter $(m),$(MUTANT_CT_MODULES)),$(wildcard tests/test_ct_*.py),$(if $(filter flow,$(m)),$(wildcard tests/test_flow*.py),tests/test_lib_$(m).py)))) $(MUTANT_EXTRA_TESTS)
 MUTANT_JOBS ?= 2
 DEV_INSTALLED := $(VENV)/.installed-dev
 

@@ -489,3 +489,26 @@ def test_arguments_on_different_devices_are_named():
     for second, first, call in calls:
         with fake_device(), pytest.raises(ValueError, match=rf"^{second} must be on the same device as {first} \(meta\), got cpu$"):
             call(torch.zeros(2, 3).to(FAKE))
+
+
+def test_xT_given_on_the_cpu_is_moved_to_the_model_device():
+    # ddim_sample moves a CPU xT to the sampling device (the model's, or device=); left on the CPU it would
+    # meet the model's device tensors.
+    xT = torch.randn(8, 2, generator=_gen(3))
+    out, _ = run_on_device(lambda: dl.ddim_sample(_mlp().to(FAKE), _schedule(40), (8, 2), steps=3, xT=xT))
+    assert isinstance(out, OnDevice)
+    out, _ = run_on_device(lambda: dl.ddim_sample(dl.cfg(_cond_net().to(FAKE), 2.0), _schedule(40), (8, 2), steps=3,
+                                                  xT=xT, cond=_cond().to(FAKE), device=FAKE))
+    assert isinstance(out, OnDevice)
+
+
+def test_float64_noise_levels_stay_off_the_device():
+    # _check_sigmas casts the noise levels to float32 on the CPU: a float64 table (numpy's default) moved to
+    # the device as it is would be float64 there (MPS has none).
+    sig64 = torch.tensor([1.0, 0.5, 0.1], dtype=torch.float64)
+    score = lambda: _seeded(lambda: dl.ScoreMLP(dim=2, hidden=16, depth=1, emb_dim=8)).to(FAKE)  # noqa: E731
+    x = torch.randn(8, 2, generator=_gen(4))
+    _, rec = run_on_device(lambda: dl.dsm_loss(score(), x.to(FAKE), sig64, generator=_gen(5)))
+    assert not rec.float64, rec.float64[:3]
+    _, rec = run_on_device(lambda: dl.annealed_langevin_sample(score(), sig64, x.to(FAKE), 0.01, 2, generator=_gen(6)))
+    assert not rec.float64, rec.float64[:3]

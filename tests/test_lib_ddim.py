@@ -27,6 +27,8 @@ def test_ddim_timesteps_by_hand():
     # trailing: round(10, 6.67, 3.33) - 1; leading: (0, 3, 6) reversed.
     assert dl.ddim_timesteps(10, 3, "trailing") == [9, 6, 2]
     assert dl.ddim_timesteps(10, 3, "leading") == [6, 3, 0]
+    # steps not dividing T: leading uses r = T // steps = 2 (not 2.5, which would give 7, 5, 2, 0)
+    assert dl.ddim_timesteps(10, 4, "leading") == [6, 4, 2, 0]
     assert dl.ddim_timesteps(7, 7, "trailing") == [6, 5, 4, 3, 2, 1, 0]
     assert dl.ddim_timesteps(7, 7, "leading") == [6, 5, 4, 3, 2, 1, 0]
     assert dl.ddim_timesteps(50, 1, "trailing") == [49]
@@ -162,7 +164,7 @@ def test_ddim_sample_callback_determinism_and_global_rng():
     x = dl.ddim_sample(_toy_model, S, (3, 1, 2, 2), steps=5, eta=0.5, generator=_gen(7), callback=calls.append)
     assert torch.equal(state, torch.random.get_rng_state())
     ts = dl.ddim_timesteps(S.T, 5)
-    assert [c["t"] for c in calls] == ts
+    assert [c["t"] for c in calls] == ts and [c["i"] for c in calls] == list(range(5))
     assert [c["t_prev"] for c in calls] == ts[1:] + [-1]
     assert torch.equal(calls[-1]["x"], x)
     assert torch.equal(x, dl.ddim_sample(_toy_model, S, (3, 1, 2, 2), steps=5, eta=0.5, generator=_gen(7)))
@@ -419,3 +421,35 @@ def test_ddim_invert_names_the_step_of_a_broken_model():
     i = ts.index(7)
     with pytest.raises(ValueError, match=rf"^model output at step {i} \(t = 7\) is not finite"):
         dl.ddim_invert(model, S, X, steps=10)
+
+
+def test_ddim_sample_checks_xT_by_name_and_reports_x0_hat():
+    with pytest.raises(ValueError, match=r"^xT must be finite"):
+        dl.ddim_sample(_toy_model, S, (2, 3), steps=5, xT=NAN)
+    # the last step goes to t_prev = -1, where sigma = 0 and sqrt(1 - ab_prev - sigma^2) = 0: x_0 = x0_hat
+    calls = []
+    x = dl.ddim_sample(_toy_model, S, (3, 2), steps=4, eta=0.5, generator=_gen(44), callback=calls.append)
+    torch.testing.assert_close(calls[-1]["x0_hat"], x)
+    assert not torch.allclose(calls[0]["x0_hat"], calls[0]["x"])
+
+
+def test_ddim_sample_float64_replay_and_eta0_draws_only_xT():
+    # Noise drawn in the data's dtype: a float64 run replays ddim_step with float64 draws (float32 draws
+    # would agree only to float32 rounding). At eta = 0 nothing is drawn after x_T: the generator is left
+    # exactly where one draw of x_T leaves it.
+    xT = torch.randn(4, 2, generator=_gen(45), dtype=torch.float64)
+    g, x = _gen(46), xT
+    ts = dl.ddim_timesteps(S.T, 5)
+    for i, t in enumerate(ts):
+        tp = ts[i + 1] if i + 1 < len(ts) else -1
+        noise = torch.randn(4, 2, generator=g, dtype=torch.float64)
+        x = dl.ddim_step(S, x, _toy_model(x, torch.full((4,), t)), t, tp, eta=0.7, noise=noise)
+    out = dl.ddim_sample(_toy_model, S, (4, 2), steps=5, eta=0.7, xT=xT, generator=_gen(46))
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-12)
+    g = _gen(47)
+    dl.ddim_sample(_toy_model, S, (4, 2), steps=5, generator=g)
+    ref = _gen(47)
+    torch.randn(4, 2, generator=ref)
+    assert torch.equal(g.get_state(), ref.get_state())
+    with pytest.raises(ValueError, match=r"^model output at step 1 \(t = 15\) is not finite"):
+        dl.ddim_sample(lambda x, t, cond=None: x * float("nan") if int(t[0]) == 15 else x, S, (2, 2), steps=5)
