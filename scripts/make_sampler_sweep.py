@@ -375,6 +375,7 @@ def merge(folders):
         commands = sorted(set(js.get("commands", [])) | set(part.get("commands", [])))
         js.update(part)
         js["cpu_seconds"], js["commands"] = cpu, commands
+    js["commands"] = sorted(set(js["commands"]) | {COMMAND + " --merge <the slices' folders>"})
     np.savez_compressed(npz, **arr)
     jsn.write_text(json.dumps(js, indent=1, sort_keys=True) + "\n")
     print(f"merged {len(folders)} partial runs into {npz} ({npz.stat().st_size // 1024} KB)")
