@@ -36,6 +36,9 @@ from .pc import langevin_correct, langevin_step_size, pc_sample
 from .likelihood import bits_per_dim, ode_log_likelihood
 from .dpm_solver import dpm_solver_sample
 from .edm import edm_sample, karras_sigmas
+from .grids import SPACINGS, sampling_times
+from .ode import ode_solve
+from .objectives import edm_preconditioning, eps_loss_weight, path_loss, train_path_model
 from .flow import (VelocityMLP, VelocityUNet, flow_matching_loss, make_velocity_net, ot_coupling, reflow_pairs,
                    straightness, train_flow)
 from .nets import TokenMLP

@@ -10,9 +10,10 @@ import torch
 from ._checks import check_int
 from ._sampling import check_path, start
 from .dpm_solver import dpmpp_2m_update
+from .grids import sampling_times
 from .predictions import to_pair
 
-METHODS = ("euler", "heun", "rk4", "dpm++2m")
+METHODS = ("euler", "heun", "rk4", "dpm++2m", "ddim")
 
 
 def time_grid(path, steps: int) -> list[float]:
@@ -42,13 +43,14 @@ def check_start(path, prediction):
 @torch.no_grad()
 def ode_sample(model, path, shape, steps: int = 50, method: str = "heun", prediction: str = "eps", cond=None,
                generator: torch.Generator | None = None, x_T: torch.Tensor | None = None, callback=None, *,
-               device=None) -> torch.Tensor:
+               spacing: str = "uniform", device=None) -> torch.Tensor:
     r"""Sample by solving the probability-flow ODE from :math:`t = t_\max` to :math:`t = 0` (Song et al. 2021, Eq. 13).
 
     On the path the ODE reads :math:`dx/dt = \alpha'(t)\,\hat x_0 + \sigma'(t)\,\hat\epsilon`; it starts from
-    :math:`x_T \sim \sigma(t_\max)\,\mathcal N(0, I)` (or the given ``x_T``) and runs over a grid uniform in
-    :math:`t` from ``t_max`` to ``t_min``, then to 0 if ``t_min > 0``: that last step, into :math:`t = 0` where a
-    path may be singular, is the denoising step :math:`x \leftarrow \hat x_0`.
+    :math:`x_T \sim \sigma(t_\max)\,\mathcal N(0, I)` (or the given ``x_T``) and runs over the times
+    :func:`sampling_times` gives for ``spacing`` (uniform in :math:`t` from ``t_max`` to ``t_min`` by default), then
+    to 0 if ``t_min > 0``: that last step, into :math:`t = 0` where a path may be singular, is the denoising step
+    :math:`x \leftarrow \hat x_0`.
 
     Parameters
     ----------
@@ -60,10 +62,11 @@ def ode_sample(model, path, shape, steps: int = 50, method: str = "heun", predic
     shape : tuple of int
         The output shape ``(B, ...)``.
     steps : int, optional
-        Number of steps (default 50). Network calls: ``"euler"`` and ``"dpm++2m"`` ``steps``, ``"heun"``
+        Number of steps (default 50). Network calls: ``"euler"``, ``"ddim"`` and ``"dpm++2m"`` ``steps``, ``"heun"``
         ``2 steps - 1``, ``"rk4"`` ``4 steps - 3`` (the last step only denoises).
-    method : {"heun", "euler", "rk4", "dpm++2m"}, optional
-        The solver (default ``"heun"``); ``"dpm++2m"`` is DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2).
+    method : {"heun", "euler", "rk4", "dpm++2m", "ddim"}, optional
+        The solver (default ``"heun"``); ``"dpm++2m"`` is DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2);
+        ``"ddim"`` is DDIM's deterministic update (the first-order DPM-Solver, Lu et al. 2022a, Sec. 4.1).
     prediction : {"eps", "x0", "v", "score", "velocity"}, optional
         What ``model`` returns (default ``"eps"``).
     cond : torch.Tensor, optional
@@ -72,6 +75,8 @@ def ode_sample(model, path, shape, steps: int = 50, method: str = "heun", predic
         Source of :math:`x_T` (and of the noise of stochastic steps).
     x_T : torch.Tensor, optional
         A starting point of shape ``shape`` instead of a fresh draw.
+    spacing : {"uniform", "quadratic", "log_snr", "karras"}, optional
+        The time grid (default ``"uniform"`` in :math:`t`), from :func:`sampling_times`.
     callback : callable, optional
         Called after every step with ``{"i", "t", "t_next", "x", "x0_hat"}``.
     device : torch.device or str, optional
@@ -94,9 +99,64 @@ def ode_sample(model, path, shape, steps: int = 50, method: str = "heun", predic
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     steps = check_int("steps", steps, low=1)
+    ts = sampling_times(path, steps, spacing)
     check_start(path, prediction)
     x, call = start(model, shape, prediction, cond, generator, x_T, callback, device, float(path.sigma(path.t_max)))
-    ts = time_grid(path, steps)
+    x = _integrate(call, x, path, ts, method, prediction, callback)
+    call.finish()
+    return x
+
+
+@torch.no_grad()
+def ode_solve(model, path, x: torch.Tensor, times, method: str = "heun", prediction: str = "eps", cond=None,
+              callback=None) -> torch.Tensor:
+    """Integrate the probability-flow ODE from x at times[0] along `times`, in either direction.
+
+    Parameters
+    ----------
+    model : callable
+        model(x, t, cond) -> a `prediction` at float times t of shape (B,).
+    path : GaussianPath
+        The path the model lives on.
+    x : torch.Tensor
+        The state at times[0], shape (B, ...), on the model's device.
+    times : sequence of float
+        At least two strictly monotone times in [0, 1]. Decreasing: sampling (a final 0 is the denoising step
+        x <- x0_hat). Increasing: inversion, e.g. DDIM inversion = method "euler" in the right variables, or
+        "dpm++2m"; an increasing grid must start where sigma > 0 (t > 0).
+    method : {"euler", "heun", "rk4", "dpm++2m", "ddim"}
+    prediction : str
+        What the model returns ("eps", "x0", "v", "score", "velocity").
+    cond : torch.Tensor or None
+        Labels passed to the model.
+    callback : callable or None
+        Gets {"i", "t", "t_next", "x", "x0_hat"} after every step.
+
+    Returns
+    -------
+    torch.Tensor
+        The state at times[-1].
+    """
+    check_path(path)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    ts = [float(t) for t in torch.as_tensor(times, dtype=torch.float64).reshape(-1).tolist()]
+    d = [b - a for a, b in zip(ts[:-1], ts[1:])]
+    if len(ts) < 2 or not (all(h < 0 for h in d) or all(h > 0 for h in d)) or min(ts) < 0 or max(ts) > 1:
+        raise ValueError(f"times must be at least two strictly increasing or decreasing numbers in [0, 1], got {ts[:6]}")
+    if d[0] > 0 and float(path.sigma(ts[0])) == 0:
+        raise ValueError(f"an increasing grid must start where sigma > 0, got times[0] = {ts[0]} "
+                         f"(start at path.t_min = {path.t_min} or above)")
+    if float(path.alpha(max(ts))) == 0 and prediction in ("eps", "score"):
+        raise ValueError(f"prediction {prediction!r} cannot give x0 where alpha(t) = 0 (t = {max(ts)})")
+    x, call = start(model, tuple(x.shape), prediction, cond, None, x, callback, None, 1.0)
+    x = _integrate(call, x, path, ts, method, prediction, callback)
+    call.finish()
+    return x
+
+
+def _integrate(call, x, path, ts, method, prediction, callback):
+    """The solver loop shared by ode_sample and ode_solve: x at ts[0] -> x at ts[-1]."""
     C = coefficients(path, ts)
     mids = coefficients(path, [(a + b) / 2 for a, b in zip(ts[:-1], ts[1:])]) if method == "rk4" else None
 
@@ -105,7 +165,7 @@ def ode_sample(model, path, shape, steps: int = 50, method: str = "heun", predic
         return c[2] * x0 + c[3] * eps, x0
 
     x0_prev = h_prev = None
-    for i in range(steps):
+    for i in range(len(ts) - 1):
         t, tn, c, cn = ts[i], ts[i + 1], C[i], C[i + 1]
         h = tn - t
         u, x0 = velocity(x, t, c, i)
@@ -121,11 +181,12 @@ def ode_sample(model, path, shape, steps: int = 50, method: str = "heun", predic
             k3, _ = velocity(x + h / 2 * k2, (t + tn) / 2, mids[i], i)
             k4, _ = velocity(x + h * k3, tn, cn, i)
             x_new = x + h / 6 * (u + 2 * k2 + 2 * k3 + k4)
+        elif method == "ddim":                       # first-order exponential integrator in lambda: DDIM (eta = 0)
+            x_new, _ = dpmpp_2m_update(x, x0, None, c, cn, None)
         else:                                        # DPM-Solver++(2M) in lambda = log(alpha / sigma)
             x_new, h_prev = dpmpp_2m_update(x, x0, x0_prev, c, cn, h_prev)
             x0_prev = x0
         if callback is not None:
             callback({"i": i, "t": t, "t_next": tn, "x": x_new, "x0_hat": x0})
         x = x_new
-    call.finish()
     return x

@@ -135,17 +135,32 @@ def digits_cd():
                         "command": COMMAND.format(name="digits_cd")})
 
 
-# The two-moons teacher of chapter 14 (train_ddpm with its defaults on 5,000 points, seed 0: ~1 min of CPU).
+# The trained two-moons models of chapter 13 (moons_ddpm is also chapter 14's distillation teacher): train_ddpm /
+# train_flow with TrainConfig's defaults (4,500 steps, TimeMLP width 128, depth 3) on 5,000 points of the two moons
+# (seed 0); scripts/make_sampler_sweep.py samples them.
+MOONS = {"toy": "moons", "n": 5000, "seed": 0}
+
+
+def _moons():
+    return dl.make_toy(MOONS["toy"], MOONS["n"], torch.Generator().manual_seed(MOONS["seed"]))[0]
+
+
 def moons_ddpm():
-    x = dl.two_moons(5000, generator=torch.Generator().manual_seed(0))
-    model, losses = dl.train_ddpm(x, progress=False)
-    dl.save_checkpoint(OUT / "moons_ddpm.pt", model,
-                       {"T": dl.TrainConfig().T, "schedule": dl.TrainConfig().schedule, "n": 5000, "data_seed": 0,
-                        "final_loss": sum(losses[-100:]) / 100, "command": COMMAND.format(name="moons_ddpm")})
+    model, losses = dl.train_ddpm(_moons(), progress=False)
+    dl.save_checkpoint(OUT / "moons_ddpm.pt", model, {**MOONS, "T": 1000, "schedule": "linear",
+                                                      "final_loss": sum(losses[-100:]) / 100,
+                                                      "command": COMMAND.format(name="moons_ddpm")})
+
+
+def moons_flow():
+    model, losses = dl.train_flow(_moons(), progress=False)
+    dl.save_checkpoint(OUT / "moons_flow.pt", model, {**MOONS, "path": "linear", "prediction": "velocity",
+                                                      "final_loss": sum(losses[-100:]) / 100,
+                                                      "command": COMMAND.format(name="moons_flow")})
 
 
 ALL = {f.__name__: f for f in (digits_ddpm, digits_cfg, digits_noisy_classifier, digits_judge, digits_vae, digits_flow,
-                               digits_cfg_small, digits_masked, digits_cd, moons_ddpm)}
+                               digits_cfg_small, digits_masked, digits_cd, moons_ddpm, moons_flow)}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)   # several of these run side by side; one thread each avoids oversubscription

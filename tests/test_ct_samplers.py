@@ -89,7 +89,7 @@ def _model(x, t, cond=None):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"steps": 0}, r"steps must be an integer in \[1, inf\], got 0"),
-    ({"method": "leapfrog"}, r"method must be one of \('euler', 'heun', 'rk4', 'dpm\+\+2m'\), got 'leapfrog'"),
+    ({"method": "leapfrog"}, r"method must be one of \('euler', 'heun', 'rk4', 'dpm\+\+2m', 'ddim'\), got 'leapfrog'"),
     ({"prediction": "noise"}, r"prediction must be one of \('eps', 'x0', 'v', 'score', 'velocity'\), got 'noise'"),
     ({"x_T": torch.zeros(3, 2)}, r"x_T must have shape \(4, 2\), got \(3, 2\)"),
     ({"x_T": torch.full((4, 2), float("nan"))}, r"x_T must be finite"),
