@@ -201,7 +201,7 @@ def path_of(name):
     return dl.vp_path() if name == "vp" else dl.linear_path()
 
 
-def target_run(prediction, path_name, steps, n=N, sample_steps=25):
+def target_run(prediction, path_name, steps, n=2000, sample_steps=25):   # 2,000 samples (the stored run)
     """Train prediction on path_name for `steps` (same net, data, seed, batch, lr), sample with Heun, 2 x
     sample_steps - 1 calls; returns (mean over RUNS start noises of SW / floor, final loss)."""
     data = moons(5000, 0)
