@@ -2,7 +2,7 @@
 the command and the settings), read by book/13_choosing_a_sampler.ipynb, which re-runs a reduced part live and
 asserts that it agrees with the stored numbers.
 
-    python scripts/make_sampler_sweep.py                    # everything (about 10 minutes of CPU on a 2-core machine)
+    python scripts/make_sampler_sweep.py                    # everything (about 6 minutes of CPU, 1 thread)
     python scripts/make_sampler_sweep.py --only orders      # one part: orders quality grids stochastic targets
                                                             # inversion digits playground
     python scripts/make_sampler_sweep.py --only grids --which moons --out /tmp/a    # a slice, into another folder
