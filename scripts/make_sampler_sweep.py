@@ -2,7 +2,7 @@
 the command and the settings), read by book/13_choosing_a_sampler.ipynb, which re-runs a reduced part live and
 asserts that it agrees with the stored numbers.
 
-    python scripts/make_sampler_sweep.py                    # everything (about 10 minutes of CPU on a 2-core machine)
+    python scripts/make_sampler_sweep.py                    # everything (about 6 minutes of CPU, 1 thread)
     python scripts/make_sampler_sweep.py --only orders      # one part: orders quality grids stochastic targets
                                                             # inversion digits playground
     python scripts/make_sampler_sweep.py --only grids --which moons --out /tmp/a    # a slice, into another folder
@@ -201,7 +201,7 @@ def path_of(name):
     return dl.vp_path() if name == "vp" else dl.linear_path()
 
 
-def target_run(prediction, path_name, steps, n=N, sample_steps=25):
+def target_run(prediction, path_name, steps, n=2000, sample_steps=25):   # 2,000 samples (the stored run)
     """Train prediction on path_name for `steps` (same net, data, seed, batch, lr), sample with Heun, 2 x
     sample_steps - 1 calls; returns (mean over RUNS start noises of SW / floor, final loss)."""
     data = moons(5000, 0)
