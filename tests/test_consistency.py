@@ -230,3 +230,22 @@ def test_a_conditional_consistency_model_samples_with_cfg():
                                           generator=torch.Generator().manual_seed(9))
     torch.testing.assert_close(run(dl.cfg(model, 1.0)), run(model))                  # scale 1: the conditional model
     assert (run(dl.cfg(model, 3.0)) - run(model)).abs().max() > 1e-3                 # and the scale does act
+
+
+def test_shipped_digits_consistency_model_samples_recognisable_digits_in_one_call():
+    """The checkpoint of chapter 14 (scripts/make_checkpoints.py digits_cd): rebuilt from its meta, one call per
+    sample gives digits that the independent judge recognises (measured 98% of 100; bound 90%), while the same
+    network untrained (scaled noise) does not (measured 8%)."""
+    net, meta = dl.load_pretrained("digits_cd")
+    assert meta["command"] == "python scripts/make_checkpoints.py digits_cd"
+    model = dl.ConsistencyModel(net, dl.linear_path(meta["t_max"]), meta["sigma_data"])
+    judge, _ = dl.load_pretrained("digits_judge")
+    cond = torch.arange(10).repeat_interleave(10)
+    x = dl.consistency_sample(model, model.path, (100, 1, 8, 8), steps=1, cond=cond,
+                              generator=torch.Generator().manual_seed(0))
+    assert dl.classifier_accuracy(judge, x, cond) >= 0.9
+    untrained = dl.ConsistencyModel(dl.make_velocity_net((1, 8, 8), num_classes=10, **meta["train"]["net"]),
+                                    model.path, meta["sigma_data"])
+    x0 = dl.consistency_sample(untrained, model.path, (100, 1, 8, 8), steps=1, cond=cond,
+                               generator=torch.Generator().manual_seed(0))
+    assert dl.classifier_accuracy(judge, x0, cond) < 0.5
