@@ -1,6 +1,9 @@
-"""Time grids for the continuous-time samplers: where the steps go between t_max and 0. Uniform in t, quadratic
-in t (Song et al. 2021a's "quad" DDIM spacing), uniform in log-SNR (Lu et al. 2022a, Sec. 3.3) and Karras et al.'s
-rho-spacing of the noise level sigma / alpha (Karras et al. 2022, Eq. 5)."""
+r"""Time grids for the continuous-time samplers: where the steps go between :math:`t_\max` and 0.
+
+Uniform in :math:`t`, quadratic in :math:`t` (Song et al. 2021a's "quad" DDIM spacing), uniform in log-SNR
+(Lu et al. 2022a, Sec. 3.3) and Karras et al.'s :math:`\rho`-spacing of the noise level :math:`\sigma / \alpha`
+(Karras et al. 2022, Eq. 5).
+"""
 from __future__ import annotations
 
 import math
@@ -9,26 +12,28 @@ import torch
 
 from ._checks import check_int, check_number
 
+#: The time grids :func:`sampling_times` knows (its ``spacing`` argument).
 SPACINGS = ("uniform", "quadratic", "log_snr", "karras")
 
 
 def sampling_times(path, steps: int, spacing: str = "uniform", rho: float = 7.0) -> list[float]:
-    """steps + 1 strictly decreasing times from path.t_max to 0, as Python floats computed in float64.
+    r"""``steps + 1`` strictly decreasing times from ``path.t_max`` to 0, as Python floats computed in float64.
 
     Parameters
     ----------
     path : GaussianPath
-        The path (vp_path(), ve_path(), linear_path(), schedule_path(s)).
+        The path (:func:`vp_path`, :func:`ve_path`, :func:`linear_path`, :func:`schedule_path`).
     steps : int
-        Number of steps (>= 1). The first ``steps`` times run from ``t_max`` to ``t_min``; the last step goes
-        to ``t = 0`` (the samplers' denoising step) when ``t_min > 0``, as in ``ode.time_grid``.
-    spacing : {"uniform", "quadratic", "log_snr", "karras"}
-        "uniform": equal steps in t. "quadratic": t = t_min + (t_max - t_min) u^2 for u uniform on [0, 1],
-        so the steps shrink towards the data. "log_snr": equal steps in lambda = log(alpha^2 / sigma^2).
-        "karras": the noise level s = sigma / alpha spaced as s^(1/rho) uniform (Karras et al. 2022, Eq. 5).
-        With a single step every spacing gives [t_max, 0].
-    rho : float
-        Karras' exponent (> 0; 7 in EDM); used by "karras" only.
+        Number of steps (:math:`\geq 1`). The first ``steps`` times run from ``t_max`` to ``t_min``; the last
+        step goes to :math:`t = 0` (the samplers' denoising step) when ``t_min > 0``, as in ``ode.time_grid``.
+    spacing : {"uniform", "quadratic", "log_snr", "karras"}, optional
+        The grid (default ``"uniform"``). ``"uniform"``: equal steps in :math:`t`. ``"quadratic"``:
+        :math:`t = t_\min + (t_\max - t_\min)\,u^2` for :math:`u` uniform on :math:`[0, 1]`, so the steps
+        shrink towards the data. ``"log_snr"``: equal steps in :math:`\lambda = \log(\alpha^2 / \sigma^2)`.
+        ``"karras"``: the noise level :math:`s = \sigma / \alpha` spaced so that :math:`s^{1/\rho}` is
+        uniform (Karras et al. 2022, Eq. 5). With a single step every spacing gives ``[t_max, 0]``.
+    rho : float, optional
+        Karras' exponent :math:`\rho > 0` (default 7, as in EDM); used by ``"karras"`` only.
 
     Returns
     -------
@@ -37,10 +42,13 @@ def sampling_times(path, steps: int, spacing: str = "uniform", rho: float = 7.0)
 
     Raises
     ------
+    TypeError
+        If ``steps`` is not an integer or ``rho`` is not a real number.
     ValueError
-        For an unknown spacing, steps < 1, rho <= 0, or "log_snr" / "karras" on a path whose sigma / alpha is
-        infinite at t_max (alpha(t_max) = 0, e.g. linear_path()) or zero at t_min (sigma(t_min) = 0: the linear
-        path, whose t_min is 0).
+        For an unknown ``spacing``, ``steps < 1``, ``rho <= 0``, or ``"log_snr"`` / ``"karras"`` on a path
+        whose :math:`\sigma / \alpha` is infinite at ``t_max`` (:math:`\alpha(t_\max) = 0`, e.g.
+        :func:`linear_path`) or zero at ``t_min`` (:math:`\sigma(t_\min) = 0`: the linear path, whose
+        ``t_min`` is 0).
     """
     steps = check_int("steps", steps, low=1)
     if spacing not in SPACINGS:

@@ -1,6 +1,9 @@
-"""Training objectives as choices of prediction target on a Gaussian path: each is a weighting of the eps-loss
-over log-SNR (Kingma & Gao 2023, Sec. 2-3), EDM's preconditioning from unit-variance targets (Karras et al. 2022,
-Appendix B.6), and a trainer for any path and target."""
+r"""Training objectives as choices of prediction target on a Gaussian path.
+
+Each target is a weighting of the :math:`\epsilon`-loss over log-SNR (Kingma & Gao 2023, Sec. 2-3); EDM's
+preconditioning follows from unit-variance targets (Karras et al. 2022, Appendix B.6); and one trainer serves any
+path and target.
+"""
 from __future__ import annotations
 
 import torch
@@ -13,21 +16,39 @@ from .train import TrainConfig, _check_data, _config, fit, setup
 
 
 def eps_loss_weight(path, prediction: str, t) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weight density w(lambda) that training `prediction` with t ~ U(t_min, t_max) puts on the eps-loss:
-    E_t |pred_hat - pred|^2 = int w(lambda) |eps_hat - eps|^2 d lambda, lambda = log(alpha^2 / sigma^2).
+    r"""The weight density :math:`w(\lambda)` that a ``prediction`` target puts on the :math:`\epsilon`-loss.
+
+    Training ``prediction`` (called :math:`p`) with :math:`t \sim U(t_\min, t_\max)` gives
+    :math:`\mathbb E_t \|\hat p - p\|^2 = \int w(\lambda)\, \|\hat\epsilon - \epsilon\|^2 \, d\lambda`,
+    with :math:`\lambda = \log(\alpha^2 / \sigma^2)`.
 
     Parameters
     ----------
     path : GaussianPath
+        The path (:func:`vp_path`, :func:`ve_path`, :func:`linear_path`, :func:`schedule_path`).
     prediction : {"eps", "x0", "v", "score", "velocity"}
+        The training target.
     t : float or torch.Tensor
-        Times in (t_min, t_max) where 0 < sigma and 0 < alpha.
+        Times in :math:`(t_\min, t_\max)` where :math:`\sigma > 0` and :math:`\alpha > 0`, any shape (flattened
+        to ``(T,)``).
 
     Returns
     -------
-    (lambda, w) : tuple of float64 tensors
-        w = k(t)^2 / (|d lambda / dt| (t_max - t_min)), where k = d pred / d eps at fixed x_t is 1 (eps),
-        sigma/alpha (x0), (alpha^2 + sigma^2)/alpha (v), 1/sigma (score), sigma' - alpha' sigma/alpha (velocity).
+    lam : torch.Tensor
+        The log-SNR :math:`\lambda(t)`, float64, shape ``(T,)``.
+    w : torch.Tensor
+        The weight :math:`w = k(t)^2 / (|d\lambda / dt|\, (t_\max - t_\min))`, float64, shape ``(T,)``, where
+        :math:`k = \partial p / \partial \epsilon` at fixed :math:`x_t` is 1 (eps), :math:`\sigma/\alpha` (x0),
+        :math:`(\alpha^2 + \sigma^2)/\alpha` (v), :math:`1/\sigma` (score),
+        :math:`\sigma' - \alpha' \sigma/\alpha` (velocity).
+
+    Raises
+    ------
+    TypeError
+        If ``path`` is not a path.
+    ValueError
+        If ``prediction`` is unknown, or a time lies where :math:`\alpha(t) = 0` or :math:`\sigma(t) = 0`
+        (the log-SNR is infinite).
     """
     check_path(path)
     check_prediction(prediction)
@@ -42,15 +63,38 @@ def eps_loss_weight(path, prediction: str, t) -> tuple[torch.Tensor, torch.Tenso
 
 
 def edm_preconditioning(sigma, sigma_data: float = 0.5):
-    """EDM's (c_skip, c_out, c_in, c_noise) at noise level sigma (Karras et al. 2022, Table 1 and Eq. 7),
-    for D(x; sigma) = c_skip x + c_out F(c_in x, c_noise) with x = x0 + sigma n and Var[x0] = sigma_data^2:
-    c_in makes the network's input unit-variance, c_skip minimises c_out, c_out makes F's target unit-variance.
+    r"""EDM's :math:`(c_\text{skip}, c_\text{out}, c_\text{in}, c_\text{noise})` at noise level :math:`\sigma`.
+
+    The preconditioning of Karras et al. 2022 (Table 1 and Eq. 7). Its coefficients define
+    :math:`D(x; \sigma) = c_\text{skip}\, x + c_\text{out}\, F(c_\text{in}\, x, c_\text{noise})` with
+    :math:`x = x_0 + \sigma n` and :math:`\mathrm{Var}[x_0] = \sigma_\text{data}^2`: :math:`c_\text{in}` makes the
+    network's input unit-variance, :math:`c_\text{skip}` minimises :math:`c_\text{out}`, and :math:`c_\text{out}`
+    makes :math:`F`'s target unit-variance. All four come back as float64 tensors shaped like ``sigma``.
+
+    Parameters
+    ----------
+    sigma : float or torch.Tensor
+        Noise levels :math:`\sigma > 0`, any shape.
+    sigma_data : float, optional
+        The data's standard deviation :math:`\sigma_\text{data} > 0` (default 0.5, as in EDM).
 
     Returns
     -------
-    tuple of four float64 tensors, shaped like sigma:
-    sigma_data^2 / (sigma^2 + sigma_data^2), sigma sigma_data / sqrt(sigma^2 + sigma_data^2),
-    1 / sqrt(sigma^2 + sigma_data^2), log(sigma) / 4.
+    c_skip : torch.Tensor
+        :math:`\sigma_\text{data}^2 / (\sigma^2 + \sigma_\text{data}^2)`.
+    c_out : torch.Tensor
+        :math:`\sigma \sigma_\text{data} / \sqrt{\sigma^2 + \sigma_\text{data}^2}`.
+    c_in : torch.Tensor
+        :math:`1 / \sqrt{\sigma^2 + \sigma_\text{data}^2}`.
+    c_noise : torch.Tensor
+        :math:`\log(\sigma) / 4`.
+
+    Raises
+    ------
+    TypeError
+        If ``sigma_data`` is not a real number.
+    ValueError
+        If ``sigma`` holds NaN or inf or a value :math:`\leq 0`, or ``sigma_data <= 0``.
     """
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     check_tensor("sigma", sigma)
@@ -63,8 +107,38 @@ def edm_preconditioning(sigma, sigma_data: float = 0.5):
 
 def path_loss(model, path, prediction: str, x0: torch.Tensor, generator: torch.Generator | None = None,
               cond=None) -> torch.Tensor:
-    """Mean squared error of model(x_t, t, cond) against the `prediction` target of (x0, eps), with
-    x_t = alpha(t) x0 + sigma(t) eps, eps ~ N(0, I), t ~ U(t_min, t_max) (float t, shape (B,)). A scalar."""
+    r"""Mean squared error of ``model(x_t, t, cond)`` against the ``prediction`` target of :math:`(x_0, \epsilon)`.
+
+    Here :math:`x_t = \alpha(t)\, x_0 + \sigma(t)\, \epsilon` with :math:`\epsilon \sim \mathcal N(0, I)` and
+    :math:`t \sim U(t_\min, t_\max)` (float ``t``, shape ``(B,)``).
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, t, cond) -> prediction`` with float ``t`` of shape ``(B,)``.
+    path : GaussianPath
+        The path that makes :math:`x_t`.
+    prediction : {"eps", "x0", "v", "score", "velocity"}
+        The target ``model`` is trained to return.
+    x0 : torch.Tensor
+        A batch of data, shape ``(B, ...)``.
+    generator : torch.Generator, optional
+        Source of :math:`\epsilon` and :math:`t`.
+    cond : torch.Tensor, optional
+        Labels passed to ``model``.
+
+    Returns
+    -------
+    torch.Tensor
+        The loss, a scalar.
+
+    Raises
+    ------
+    TypeError
+        If ``path`` is not a path or ``x0`` is not a floating-point tensor.
+    ValueError
+        If ``prediction`` is unknown or ``x0`` holds NaN or inf.
+    """
     check_path(path)
     check_prediction(prediction)
     check_tensor("x0", x0)
@@ -83,9 +157,48 @@ def _path_loss(model, path, prediction, x0, generator, cond):
 
 def train_path_model(data: torch.Tensor, path, prediction: str, config: TrainConfig | None = None, *,
                      model: torch.nn.Module | None = None, device=None, callback=None, **overrides):
-    """Train a network (make_velocity_net: float t in [0, 1]) to predict `prediction` on `path` with path_loss,
-    in train_ddpm's loop (TrainConfig: steps, batch size, lr, EMA, seed). Unconditional.
-    Returns (model, losses); sample with ode_sample(model, path, shape, prediction=prediction)."""
+    """Train a network to predict ``prediction`` on ``path`` with :func:`path_loss`, in :func:`train_ddpm`'s loop.
+
+    The network is :func:`make_velocity_net`'s (float :math:`t \\in [0, 1]`); the loop takes
+    :class:`TrainConfig`'s steps, batch size, learning rate, EMA and seed. Unconditional. Sample the result with
+    ``ode_sample(model, path, shape, prediction=prediction)``.
+
+    Parameters
+    ----------
+    data : torch.Tensor
+        Training data, shape ``(N, D)`` or ``(N, C, H, W)``.
+    path : GaussianPath
+        The path that makes :math:`x_t` (:func:`vp_path`, :func:`linear_path`, ...).
+    prediction : {"eps", "x0", "v", "score", "velocity"}
+        The target the network learns.
+    config : TrainConfig, optional
+        The options (default ``TrainConfig()``).
+    model : torch.nn.Module, optional
+        Train this module (in place) instead of a new one.
+    device : torch.device or str, optional
+        Where to train (default: the model's device, else the CPU).
+    callback : callable, optional
+        Called after every step with ``{"step", "loss", "model"}``.
+    **overrides
+        Any :class:`TrainConfig` field, e.g. ``steps=1500``, replacing the config's value.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The trained model (the EMA weights when ``ema_decay`` is set).
+    losses : list of float
+        The loss of every step.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a :class:`TrainConfig`, an override is not one of its fields, ``path`` is not a
+        path, or ``data`` is not a floating-point tensor.
+    ValueError
+        If ``prediction`` is unknown, or ``data`` holds NaN or inf or has the wrong shape.
+    TrainingDivergedError
+        If the loss becomes NaN or infinite (naming the first bad step).
+    """
     config = _config(config, overrides)
     _check_data(data)
     check_path(path)

@@ -110,32 +110,47 @@ def ode_sample(model, path, shape, steps: int = 50, method: str = "heun", predic
 @torch.no_grad()
 def ode_solve(model, path, x: torch.Tensor, times, method: str = "heun", prediction: str = "eps", cond=None,
               callback=None) -> torch.Tensor:
-    """Integrate the probability-flow ODE from x at times[0] along `times`, in either direction.
+    r"""Integrate the probability-flow ODE from ``x`` at ``times[0]`` along ``times``, in either direction.
+
+    The ODE is :math:`dx/dt = \alpha'(t)\,\hat x_0 + \sigma'(t)\,\hat\epsilon`, as in :func:`ode_sample`, but from a
+    given state over a given grid: decreasing times sample, increasing times invert.
 
     Parameters
     ----------
     model : callable
-        model(x, t, cond) -> a `prediction` at float times t of shape (B,).
+        ``model(x, t, cond) -> prediction`` at float times ``t`` of shape ``(B,)``.
     path : GaussianPath
         The path the model lives on.
     x : torch.Tensor
-        The state at times[0], shape (B, ...), on the model's device.
+        The state at ``times[0]``, shape ``(B, ...)``, on the model's device.
     times : sequence of float
-        At least two strictly monotone times in [0, 1]. Decreasing: sampling (a final 0 is the denoising step
-        x <- x0_hat). Increasing: inversion, e.g. DDIM inversion = method "euler" in the right variables, or
-        "dpm++2m"; an increasing grid must start where sigma > 0 (t > 0).
-    method : {"euler", "heun", "rk4", "dpm++2m", "ddim"}
-    prediction : str
-        What the model returns ("eps", "x0", "v", "score", "velocity").
-    cond : torch.Tensor or None
+        At least two strictly monotone times in :math:`[0, 1]`. Decreasing: sampling (a final 0 is the denoising
+        step :math:`x \leftarrow \hat x_0`). Increasing: inversion, e.g. DDIM inversion = method ``"euler"`` in
+        the right variables, or ``"dpm++2m"``; an increasing grid must start where :math:`\sigma > 0`
+        (:math:`t > 0`).
+    method : {"heun", "euler", "rk4", "dpm++2m", "ddim"}, optional
+        The solver (default ``"heun"``), as in :func:`ode_sample`.
+    prediction : {"eps", "x0", "v", "score", "velocity"}, optional
+        What ``model`` returns (default ``"eps"``).
+    cond : torch.Tensor, optional
         Labels passed to the model.
-    callback : callable or None
-        Gets {"i", "t", "t_next", "x", "x0_hat"} after every step.
+    callback : callable, optional
+        Gets ``{"i", "t", "t_next", "x", "x0_hat"}`` after every step.
 
     Returns
     -------
     torch.Tensor
-        The state at times[-1].
+        The state at ``times[-1]``, of ``x``'s shape.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable, ``path`` is not a path, or ``x`` is a tensor of an integer dtype.
+    ValueError
+        If ``method`` or ``prediction`` is unknown; ``times`` are not at least two strictly monotone numbers in
+        :math:`[0, 1]`; an increasing grid starts where :math:`\sigma = 0`; ``prediction`` is ``"eps"`` or
+        ``"score"`` and :math:`\alpha = 0` at the largest time (no :math:`x_0` there); or the model's output has
+        the wrong shape or holds NaN or inf.
     """
     check_path(path)
     if method not in METHODS:
