@@ -261,8 +261,11 @@ def test_edm_churn_replays_algorithm_2_by_hand(name, method):
         return (a / (a * a + s * s))[:, None] * x
     sig, churn, s_noise = [5.0, 2.0, 0.8, 0.3], 1.0, 0.7
     x_T = 5.0 * torch.randn(3, 2, generator=_gen(50), dtype=torch.float64)
+    calls = []
     out = dl.edm_sample(model, path, (3, 2), sig, prediction="x0", x_T=x_T, generator=_gen(51), method=method,
-                        churn=churn, s_tmin=0.8, s_tmax=2.0, s_noise=s_noise)
+                        churn=churn, s_tmin=0.8, s_tmax=2.0, s_noise=s_noise, callback=calls.append)
+    # the callback reports the step's own levels (sigma_i -> sigma_{i+1}), not the churned s_hat
+    assert [(c["i"], c["sigma"], c["sigma_next"]) for c in calls] == [(0, 5.0, 2.0), (1, 2.0, 0.8), (2, 0.8, 0.3), (3, 0.3, 0.0)]
     g, x, levels = _gen(51), x_T.clone(), sig + [0.0]
     for i in range(4):
         s, s_next = levels[i], levels[i + 1]
