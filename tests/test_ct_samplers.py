@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import diffusion_lab as dl
+from diffusion_lab.dpm_solver import dpm_solver_timesteps
 from diffusion_lab.ode import time_grid
 
 M, C = torch.tensor([0.7, -0.7], dtype=torch.float64), 0.5
@@ -261,8 +262,11 @@ def test_edm_churn_replays_algorithm_2_by_hand(name, method):
         return (a / (a * a + s * s))[:, None] * x
     sig, churn, s_noise = [5.0, 2.0, 0.8, 0.3], 1.0, 0.7
     x_T = 5.0 * torch.randn(3, 2, generator=_gen(50), dtype=torch.float64)
+    calls = []
     out = dl.edm_sample(model, path, (3, 2), sig, prediction="x0", x_T=x_T, generator=_gen(51), method=method,
-                        churn=churn, s_tmin=0.8, s_tmax=2.0, s_noise=s_noise)
+                        churn=churn, s_tmin=0.8, s_tmax=2.0, s_noise=s_noise, callback=calls.append)
+    # the callback reports the step's own levels (sigma_i -> sigma_{i+1}), not the churned s_hat
+    assert [(c["i"], c["sigma"], c["sigma_next"]) for c in calls] == [(0, 5.0, 2.0), (1, 2.0, 0.8), (2, 0.8, 0.3), (3, 0.3, 0.0)]
     g, x, levels = _gen(51), x_T.clone(), sig + [0.0]
     for i in range(4):
         s, s_next = levels[i], levels[i + 1]
@@ -277,3 +281,41 @@ def test_edm_churn_replays_algorithm_2_by_hand(name, method):
             x_new = x + (s_next - s_hat) * (d + d2) / 2
         x = x_new
     torch.testing.assert_close(out, x, rtol=1e-9, atol=1e-9)
+
+
+def test_sde_euler_maruyama_replays_by_hand():
+    """The reverse SDE's Euler-Maruyama step written out, for data N(0, I) on VP (x_t ~ N(0, I) at every t, so the
+    exact eps is E[eps | x_t] = sigma_t x_t and the score is -x_t): x <- x + (f x - g^2 score) h + g sqrt(-h) z,
+    h = t_next - t < 0, over time_grid; the last step, into t = 0, returns the denoiser x0_hat = alpha x."""
+    path = dl.vp_path()
+
+    def model(x, t, cond=None):
+        return path.sigma(t).to(x.dtype)[:, None] * x
+    calls = []
+    out = dl.sde_sample(model, path, (3, 2), steps=6, generator=_gen(60), callback=calls.append)
+    ts = time_grid(path, 6)
+    assert len(ts) == 7 and ts[-1] == 0 and [c["t"] for c in calls] == ts[:-1]
+    g = _gen(60)
+    x = float(path.sigma(path.t_max)) * torch.randn(3, 2, generator=g)
+    for t, tn in zip(ts[:-1], ts[1:]):
+        tt = torch.tensor(t, dtype=torch.float64)
+        a, s, f, g2 = (float(v(tt)) for v in (path.alpha, path.sigma, path.f, path.g2))
+        if tn == 0:
+            x = (x - s * (s * x)) / a
+        else:
+            h = tn - t
+            x = x + (f * x + g2 * x) * h + math.sqrt(g2 * -h) * torch.randn(3, 2, generator=g)
+    torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-6)
+    calls = []
+    dl.sde_sample(model, path, (1, 2), generator=_gen(61), callback=calls.append)
+    assert len(calls) == 500            # the default number of steps
+
+
+def test_dpm_solver_defaults_to_20_steps_and_reports_x0_hat():
+    # The last step goes to sigma = 0 and returns the data prediction: there x equals the callback's x0_hat.
+    s = dl.linear_schedule(T=100)
+    calls = []
+    x = dl.dpm_solver_sample(lambda y, t, cond=None: 0.5 * y, s, (3, 2), generator=_gen(62), callback=calls.append)
+    assert [c["i"] for c in calls] == list(range(20)) and [c["t"] for c in calls] == dpm_solver_timesteps(100, 20)
+    torch.testing.assert_close(calls[-1]["x0_hat"], x)
+    assert not torch.allclose(calls[-2]["x0_hat"], calls[-1]["x0_hat"])

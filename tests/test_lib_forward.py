@@ -286,3 +286,16 @@ def test_q_posterior_float32_is_as_accurate_as_float32_allows():
         err = (m32.double() - m64).abs().max().item()
         assert err < 5e-5, f"t = {t}: float32 posterior mean off by {err:.2e}"
         assert float(v32) == pytest.approx(float(v64), rel=1e-5)
+
+
+def test_forward_bad_input_messages_are_exact():
+    # found by mutation testing: the messages name the argument, its value and what is allowed
+    x = torch.zeros(2, 3)
+    with pytest.raises(TypeError, match=r"^schedule must be a diffusion_lab Schedule, got str$"):
+        dl.q_sample("linear", x, 1, x)
+    with pytest.raises(ValueError, match=r"^t must be an int or have shape \(B,\) = \(2,\), got \(3,\)$"):
+        dl.q_sample(S, x, torch.tensor([1, 2, 3]), x)
+    with pytest.raises(ValueError, match=r"^t must be an int or a 1-D tensor of shape \(B,\), got shape \(2, 1\)$"):
+        dl.q_sample(S, x, torch.tensor([[1], [2]]), x)
+    with pytest.raises(ValueError, match=r"^eps must be finite"):
+        dl.predict_x0(S, x, torch.full((2, 3), float("nan")), 1)
