@@ -1,6 +1,7 @@
 """DDIM: the non-Markovian sigma_t family and few-step sampling (Song et al. 2021, Eqs. 12 and 16)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -21,7 +22,9 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
     steps : int
         How many to keep, in ``[1, T]``.
     spacing : {"trailing", "leading"}, optional
-        ``"trailing"`` (default) starts at ``T-1`` (diffusers' ``timestep_spacing="trailing"``);
+        ``"trailing"`` (default) starts at ``T-1``: ``round(T - k T / steps) - 1`` for ``k = 0, ..., steps-1``,
+        computed as diffusers computes ``timestep_spacing="trailing"`` (NumPy's float ``arange``, then
+        round-half-to-even), so that the two agree at rounding ties too (e.g. ``T = 1000, steps = 48``);
         ``"leading"`` is ``[(steps-1) r, ..., r, 0]`` with ``r = T // steps`` (the DDIM paper's and
         diffusers' default).
 
@@ -40,7 +43,9 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
     T = check_int("T", T, low=1)
     steps = check_int("steps", steps, low=1, high=T)
     if spacing == "trailing":
-        ts = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)).long() - 1
+        # NumPy's arange, as diffusers uses: torch's float arange rounds some exact-half entries the other way
+        # (T = 1000: 111 step counts differed from diffusers by one at a tie, e.g. steps = 48)
+        ts = torch.from_numpy(np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1)
     elif spacing == "leading":
         ts = torch.arange(steps - 1, -1, -1) * (T // steps)
     else:

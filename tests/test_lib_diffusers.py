@@ -187,3 +187,19 @@ def test_ddim_step_with_clipping_equals_diffusers_clip_sample(eta):
         ours = dl.ddim_step(s, x, eps, t, max(t - T // steps, -1), eta=eta, noise=z / 2, clip_x0=1.0)
         torch.testing.assert_close(ours, out.prev_sample, rtol=1e-9, atol=1e-9)
     assert clipped > 10   # the clipping branch was actually exercised
+
+
+@pytest.mark.parametrize("T", [1000, 100, 13])
+def test_trailing_timesteps_match_diffusers_for_every_step_count(T):
+    """Every step count, rounding ties included: torch's float arange put 111 of T = 1000's step counts (48, 61,
+    96, ...) one timestep off diffusers at an exact half; the library now rounds as diffusers does. For some step
+    counts (T = 100, steps = 29) diffusers' float arange overshoots and appends a timestep -1 after its `steps`
+    entries; the library keeps exactly `steps` (the extra entry is checked to be that -1 and nothing else)."""
+    ref = _ddim_scheduler(T, "trailing")
+    bad = []
+    for steps in range(1, T + 1):
+        ref.set_timesteps(steps)
+        theirs = ref.timesteps.tolist()
+        if dl.ddim_timesteps(T, steps, "trailing") != theirs[:steps] or theirs[steps:] not in ([], [-1]):
+            bad.append(steps)
+    assert not bad, f"T = {T}: step counts whose trailing timesteps differ from diffusers: {bad[:20]}"
