@@ -317,7 +317,7 @@ def categorical_posterior(x0: torch.Tensor, xt: torch.Tensor, t, schedule: Categ
     Returns
     -------
     torch.Tensor
-        Probabilities of shape (*x0.shape, K') over :math:`x_{t-1}`, summing to 1.
+        Probabilities of shape ``(*x0.shape, K')`` over :math:`x_{t-1}`, summing to 1.
 
     Raises
     ------
@@ -358,14 +358,14 @@ def d3pm_kl(logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t, schedul
     Parameters
     ----------
     logits : torch.Tensor
-        (*x0.shape, K) logits of :math:`\\tilde p_\\theta(x_0 \\mid x_t)` over the K data categories.
+        ``(*x0.shape, K)`` logits of :math:`\\tilde p_\\theta(x_0 \\mid x_t)` over the K data categories.
     x0, xt, t, schedule, kind
         As in `categorical_posterior`.
 
     Returns
     -------
     torch.Tensor
-        (*x0.shape) KLs in nats, float64.
+        ``(*x0.shape)`` KLs in nats, float64.
     """
     q = categorical_posterior(x0, xt, t, schedule, kind, dtype=torch.float64)
     K = schedule.K

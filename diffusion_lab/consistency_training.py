@@ -140,8 +140,10 @@ def consistency_distill(teacher, path, data: torch.Tensor, labels: torch.Tensor 
 
     Returns
     -------
-    (ConsistencyModel, list of float)
-        The model (EMA weights when ema_decay is set) and the per-step losses.
+    model : ConsistencyModel
+        The model (EMA weights when ema_decay is set).
+    losses : list of float
+        The per-step losses.
 
     Raises
     ------
@@ -253,8 +255,10 @@ def consistency_train(data: torch.Tensor, path=None, labels: torch.Tensor | None
 
     Returns
     -------
-    (ConsistencyModel, list of float)
-        The model (EMA weights when ema_decay is set) and the per-step losses.
+    model : ConsistencyModel
+        The model (EMA weights when ema_decay is set).
+    losses : list of float
+        The per-step losses.
 
     Raises
     ------

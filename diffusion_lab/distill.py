@@ -86,9 +86,11 @@ def progressive_distill(teacher: torch.nn.Module, schedule: Schedule, data: torc
 
     Returns
     -------
-    (torch.nn.Module, list of list of float)
-        The final student, which samples with dl.ddim_sample(student, schedule, shape, steps=teacher_steps // 2**rounds),
-        and each round's per-step losses.
+    student : torch.nn.Module
+        The final student, which samples with
+        ``dl.ddim_sample(student, schedule, shape, steps=teacher_steps // 2**rounds)``.
+    losses : list of list of float
+        Each round's per-step losses.
 
     Raises
     ------

@@ -13,7 +13,7 @@ At time t in [0, 1] each token of :math:`x_0` has been replaced by the mask K wi
    \mathbb{E}_{x_t} \Big[ \sum_{i \text{ masked}} -\log p_\theta(x_0^i \mid x_t, t) \Big]\, dt,
 
 with :math:`-\alpha'/(1 - \alpha) = 1/t`; the discrete sum approaches it at rate :math:`O(1/T)`.
-The model contract: ``model(x_t, t, cond=None)`` -> logits of shape (*x_t.shape, K) over the K data categories,
+The model contract: ``model(x_t, t, cond=None)`` -> logits of shape ``(*x_t.shape, K)`` over the K data categories,
 :math:`x_t` long in [0, K] (K = mask), t float of shape (B,).
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ def masked_diffusion_loss(model, x0: torch.Tensor, cond=None, generator: torch.G
     Parameters
     ----------
     model : callable
-        model(x_t, t, cond) -> logits (*x_t.shape, K).
+        model(x_t, t, cond) -> logits ``(*x_t.shape, K)``.
     x0 : torch.Tensor
         Integer tokens (B, L, ...) in [0, K); L is the number of tokens per sequence (all trailing dims).
     cond : torch.Tensor, optional
@@ -157,7 +157,7 @@ def masked_diffusion_nll(model, x0: torch.Tensor, steps: int | None = None, cond
     Parameters
     ----------
     model : callable
-        model(x_t, t, cond) -> logits (*x_t.shape, K).
+        model(x_t, t, cond) -> logits ``(*x_t.shape, K)``.
     x0 : torch.Tensor
         Integer tokens (B, L, ...) in [0, K).
     steps : int, optional
@@ -210,7 +210,7 @@ def masked_diffusion_sample(model, shape, steps: int = 100, cond=None, generator
     Parameters
     ----------
     model : callable
-        model(x_t, t, cond) -> logits (*x_t.shape, K); wrap with dl.cfg(model, scale) for guidance on logits.
+        model(x_t, t, cond) -> logits ``(*x_t.shape, K)``; wrap with dl.cfg(model, scale) for guidance on logits.
     shape : tuple of int
         (B, L, ...) of the tokens to draw.
     steps : int
@@ -335,8 +335,10 @@ def train_masked_diffusion(tokens: torch.Tensor, labels: torch.Tensor | None = N
 
     Returns
     -------
-    (torch.nn.Module, list of float)
-        The trained model (the EMA weights when ema_decay is set) and the per-step losses (nats per token).
+    model : torch.nn.Module
+        The trained model (the EMA weights when ema_decay is set).
+    losses : list of float
+        The per-step losses (nats per token).
 
     Raises
     ------
