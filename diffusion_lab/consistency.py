@@ -36,9 +36,12 @@ class ConsistencyModel(torch.nn.Module):
     (e.g. dl.make_velocity_net). With r = sigma / alpha, r_min = r(t_min), a_min = alpha(t_min) and s = sigma_data,
 
     .. math::
-        f(x, t) = a_\\min \\Big[c_{skip}(t) \\frac{x}{\\alpha(t)} + c_{out}(t) F\\big(c_{in}(t) \\frac{x}{\\alpha(t)}, t\\big)\\Big],
-        \\quad c_{skip} = \\frac{s^2}{(r - r_\\min)^2 + s^2},\\ c_{out} = \\frac{s (r - r_\\min)}{\\sqrt{s^2 + r^2}},
-        \\ c_{in} = \\frac{1}{\\sqrt{s^2 + r^2}}
+
+        f(x, t) &= a_\\min \\Big[c_{skip}(t) \\frac{x}{\\alpha(t)} + c_{out}(t) F\\big(c_{in}(t) \\frac{x}{\\alpha(t)}, t\\big)\\Big],
+
+        c_{skip} &= \\frac{s^2}{(r - r_\\min)^2 + s^2}, \\qquad c_{in} = \\frac{1}{\\sqrt{s^2 + r^2}},
+
+        c_{out} &= \\frac{s (r - r_\\min)}{\\sqrt{s^2 + r^2}}
 
     (Song et al. 2023, Appendix C, written for any Gaussian path). At t = t_min, c_skip = 1 and c_out = 0, so
     f(x, t_min) = x exactly, whatever the weights: the boundary condition holds by construction.
