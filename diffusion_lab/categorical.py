@@ -298,8 +298,11 @@ def _posterior(x0_probs, xt, beta, ab_prev, kind: str, K: int) -> torch.Tensor:
 
 def categorical_posterior(x0: torch.Tensor, xt: torch.Tensor, t, schedule: CategoricalSchedule, kind: str,
                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The posterior :math:`q(x_{t-1} \\mid x_t, x_0) = Q_t[x_{t-1}, x_t]\\,\\bar Q_{t-1}[x_0, x_{t-1}]
-    / \\bar Q_t[x_0, x_t]` (Austin et al. 2021, Eq. 3), by Bayes' rule with the closed forms.
+    """The posterior :math:`q(x_{t-1} \\mid x_t, x_0)` by Bayes' rule with the closed forms (Austin et al. 2021, Eq. 3).
+
+    .. math::
+
+        q(x_{t-1} \\mid x_t, x_0) = Q_t[x_{t-1}, x_t]\\,\\bar Q_{t-1}[x_0, x_{t-1}] / \\bar Q_t[x_0, x_t]
 
     Parameters
     ----------
@@ -348,7 +351,9 @@ def categorical_posterior(x0: torch.Tensor, xt: torch.Tensor, t, schedule: Categ
 def d3pm_kl(logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t, schedule: CategoricalSchedule,
             kind: str) -> torch.Tensor:
     """One ELBO term per token, :math:`L_{t-1} = \\mathrm{KL}(q(x_{t-1} \\mid x_t, x_0) \\,\\|\\, p_\\theta(x_{t-1} \\mid x_t))`
-    in nats, with :math:`p_\\theta(x_{t-1} \\mid x_t) \\propto \\sum_{\\tilde x_0} q(x_{t-1}, x_t \\mid \\tilde x_0)
+    in nats.
+
+    Here :math:`p_\\theta(x_{t-1} \\mid x_t) \\propto \\sum_{\\tilde x_0} q(x_{t-1}, x_t \\mid \\tilde x_0)
     \\, \\tilde p_\\theta(\\tilde x_0 \\mid x_t)` (Austin et al. 2021, Eq. 4) and :math:`\\tilde p_\\theta = \\mathrm{softmax}`
     (logits). At t = 0 the posterior is onehot(x_0), so the term is the reconstruction :math:`-\\log p_\\theta(x_0 \\mid x_1)`.
 
