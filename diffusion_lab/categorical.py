@@ -158,13 +158,13 @@ def _matrix(kind: str, K: int, beta: torch.Tensor) -> torch.Tensor:
 
 
 def transition_matrix(kind: str, K: int, beta: float) -> torch.Tensor:
-    """One step's transition matrix Q_t = (1 - beta) I + beta U (Austin et al. 2021, Sec. 3.1 and App. A.2).
+    """One step's transition matrix :math:`Q_t = (1 - \\beta) I + \\beta U` (Austin et al. 2021, Sec. 3.1 and App. A.2).
 
     Parameters
     ----------
     kind : {"uniform", "absorbing"}
-        "uniform": U = 1 1^T / K, a jump to a uniformly drawn category. "absorbing": U = 1 e_K^T, a jump
-        to the mask state K, which never leaves.
+        "uniform": :math:`U = \\mathbf{1}\\mathbf{1}^\\top / K`, a jump to a uniformly drawn category. "absorbing":
+        :math:`U = \\mathbf{1} e_K^\\top`, a jump to the mask state K, which never leaves.
     K : int
         Number of data categories, >= 2.
     beta : float
