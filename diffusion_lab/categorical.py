@@ -1,13 +1,16 @@
-"""Discrete-time diffusion on categories, D3PM (Austin et al. 2021): uniform and absorbing transition
-matrices (Sec. 3.1, App. A.2), the marginal q(x_t | x_0) = Cat(onehot(x_0) Qbar_t) and the posterior
-q(x_{t-1} | x_t, x_0) (Eq. 3), and the ELBO's categorical KL terms with the x_0-parameterization (Eq. 1, 4).
+r"""Discrete-time diffusion on categories, D3PM (Austin et al. 2021): uniform and absorbing transition
+matrices (Sec. 3.1, App. A.2), the marginal :math:`q(x_t \mid x_0) = \mathrm{Cat}(\mathrm{onehot}(x_0) \bar Q_t)`
+and the posterior :math:`q(x_{t-1} \mid x_t, x_0)` (Eq. 3), and the ELBO's categorical KL terms with the
+:math:`x_0`-parameterization (Eq. 1, 4).
 
-Conventions. A row-stochastic matrix Q[i, j] = q(x_t = j | x_{t-1} = i). The K data categories are 0..K-1;
-"absorbing" adds the mask state K (K + 1 states in all). Timesteps are indices t = 0..T-1 as in
-`dl.Schedule` (index t is the paper's step t + 1): Qbar_t = Q_0 Q_1 ... Q_t, and x_{t-1} at t = 0 is x_0.
-Both kinds mix the identity with an idempotent matrix U (U U = U): Q = (1 - beta) I + beta U with
-U = 1 1^T / K (uniform) or U = 1 e_mask^T (absorbing), so Qbar_t = alpha_bar_t I + (1 - alpha_bar_t) U with
-alpha_bar_t = prod_{s <= t} (1 - beta_s). Masked diffusion (`masked.py`) is the absorbing kind in continuous time.
+Conventions. A row-stochastic matrix :math:`Q[i, j] = q(x_t = j \mid x_{t-1} = i)`. The K data categories are
+0..K-1; "absorbing" adds the mask state K (K + 1 states in all). Timesteps are indices t = 0..T-1 as in
+`dl.Schedule` (index t is the paper's step t + 1): :math:`\bar Q_t = Q_0 Q_1 \cdots Q_t`, and :math:`x_{t-1}` at
+t = 0 is :math:`x_0`. Both kinds mix the identity with an idempotent matrix U (:math:`UU = U`):
+:math:`Q = (1 - \beta) I + \beta U` with :math:`U = \mathbf{1}\mathbf{1}^\top / K` (uniform) or
+:math:`U = \mathbf{1} e_\text{mask}^\top` (absorbing), so :math:`\bar Q_t = \bar\alpha_t I + (1 - \bar\alpha_t) U`
+with :math:`\bar\alpha_t = \prod_{s \le t} (1 - \beta_s)`. Masked diffusion (`masked.py`) is the absorbing kind
+in continuous time.
 """
 from __future__ import annotations
 
@@ -89,7 +92,7 @@ class CategoricalSchedule:
 
     @property
     def alpha_bars(self) -> torch.Tensor:
-        """alpha_bar_t = prod_{s <= t} (1 - beta_s): the probability that a token is still untouched."""
+        r""":math:`\bar\alpha_t = \prod_{s \le t} (1 - \beta_s)`: the probability that a token is still untouched."""
         return torch.cumprod(1.0 - self.betas, dim=0)
 
     @property
@@ -155,13 +158,13 @@ def _matrix(kind: str, K: int, beta: torch.Tensor) -> torch.Tensor:
 
 
 def transition_matrix(kind: str, K: int, beta: float) -> torch.Tensor:
-    """One step's transition matrix Q_t = (1 - beta) I + beta U (Austin et al. 2021, Sec. 3.1 and App. A.2).
+    """One step's transition matrix :math:`Q_t = (1 - \\beta) I + \\beta U` (Austin et al. 2021, Sec. 3.1 and App. A.2).
 
     Parameters
     ----------
     kind : {"uniform", "absorbing"}
-        "uniform": U = 1 1^T / K, a jump to a uniformly drawn category. "absorbing": U = 1 e_K^T, a jump
-        to the mask state K, which never leaves.
+        "uniform": :math:`U = \\mathbf{1}\\mathbf{1}^\\top / K`, a jump to a uniformly drawn category. "absorbing":
+        :math:`U = \\mathbf{1} e_K^\\top`, a jump to the mask state K, which never leaves.
     K : int
         Number of data categories, >= 2.
     beta : float
@@ -203,8 +206,10 @@ def cumulative_transition_matrix(schedule: CategoricalSchedule, t: int, kind: st
 
     Raises
     ------
-    TypeError, ValueError
-        Not a CategoricalSchedule, t outside [0, T-1], an unknown kind.
+    TypeError
+        If ``schedule`` is not a CategoricalSchedule or ``t`` is not an integer.
+    ValueError
+        If ``t`` is outside [0, T-1] or ``kind`` is unknown.
     """
     _check_schedule(schedule)
     _check_kind(kind)
@@ -252,8 +257,10 @@ def categorical_q_sample(x0: torch.Tensor, t, schedule: CategoricalSchedule, kin
 
     Raises
     ------
-    TypeError, ValueError
-        Non-integer tokens, tokens outside [0, K), t outside [0, T-1], an unknown kind.
+    TypeError
+        If ``x0`` holds non-integer tokens, or ``schedule`` or ``t`` has the wrong type.
+    ValueError
+        If tokens are outside [0, K), ``t`` is outside [0, T-1] or ``kind`` is unknown.
     """
     _check_schedule(schedule)
     _check_kind(kind)
@@ -291,8 +298,11 @@ def _posterior(x0_probs, xt, beta, ab_prev, kind: str, K: int) -> torch.Tensor:
 
 def categorical_posterior(x0: torch.Tensor, xt: torch.Tensor, t, schedule: CategoricalSchedule, kind: str,
                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The posterior :math:`q(x_{t-1} \\mid x_t, x_0) = Q_t[x_{t-1}, x_t]\\,\\bar Q_{t-1}[x_0, x_{t-1}]
-    / \\bar Q_t[x_0, x_t]` (Austin et al. 2021, Eq. 3), by Bayes' rule with the closed forms.
+    """The posterior :math:`q(x_{t-1} \\mid x_t, x_0)` by Bayes' rule with the closed forms (Austin et al. 2021, Eq. 3).
+
+    .. math::
+
+        q(x_{t-1} \\mid x_t, x_0) = Q_t[x_{t-1}, x_t]\\,\\bar Q_{t-1}[x_0, x_{t-1}] / \\bar Q_t[x_0, x_t]
 
     Parameters
     ----------
@@ -310,13 +320,15 @@ def categorical_posterior(x0: torch.Tensor, xt: torch.Tensor, t, schedule: Categ
     Returns
     -------
     torch.Tensor
-        Probabilities of shape (*x0.shape, K') over x_{t-1}, summing to 1.
+        Probabilities of shape ``(*x0.shape, K')`` over :math:`x_{t-1}`, summing to 1.
 
     Raises
     ------
-    TypeError, ValueError
-        Bad tokens, t or kind; or a pair (x_0, x_t) that the forward process cannot produce
-        (:math:`\\bar Q_t[x_0, x_t] = 0`, e.g. an unmasked x_t different from x_0 under "absorbing").
+    TypeError
+        If the tokens, ``t`` or ``schedule`` have the wrong type.
+    ValueError
+        Bad token values, t or kind; or a pair (:math:`x_0, x_t`) that the forward process cannot produce
+        (:math:`\\bar Q_t[x_0, x_t] = 0`, e.g. an unmasked :math:`x_t` different from :math:`x_0` under "absorbing").
     """
     _check_schedule(schedule)
     _check_kind(kind)
@@ -339,7 +351,9 @@ def categorical_posterior(x0: torch.Tensor, xt: torch.Tensor, t, schedule: Categ
 def d3pm_kl(logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t, schedule: CategoricalSchedule,
             kind: str) -> torch.Tensor:
     """One ELBO term per token, :math:`L_{t-1} = \\mathrm{KL}(q(x_{t-1} \\mid x_t, x_0) \\,\\|\\, p_\\theta(x_{t-1} \\mid x_t))`
-    in nats, with :math:`p_\\theta(x_{t-1} \\mid x_t) \\propto \\sum_{\\tilde x_0} q(x_{t-1}, x_t \\mid \\tilde x_0)
+    in nats.
+
+    Here :math:`p_\\theta(x_{t-1} \\mid x_t) \\propto \\sum_{\\tilde x_0} q(x_{t-1}, x_t \\mid \\tilde x_0)
     \\, \\tilde p_\\theta(\\tilde x_0 \\mid x_t)` (Austin et al. 2021, Eq. 4) and :math:`\\tilde p_\\theta = \\mathrm{softmax}`
     (logits). At t = 0 the posterior is onehot(x_0), so the term is the reconstruction :math:`-\\log p_\\theta(x_0 \\mid x_1)`.
 
@@ -349,14 +363,14 @@ def d3pm_kl(logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t, schedul
     Parameters
     ----------
     logits : torch.Tensor
-        (*x0.shape, K) logits of :math:`\\tilde p_\\theta(x_0 \\mid x_t)` over the K data categories.
+        ``(*x0.shape, K)`` logits of :math:`\\tilde p_\\theta(x_0 \\mid x_t)` over the K data categories.
     x0, xt, t, schedule, kind
         As in `categorical_posterior`.
 
     Returns
     -------
     torch.Tensor
-        (*x0.shape) KLs in nats, float64.
+        ``(*x0.shape)`` KLs in nats, float64.
     """
     q = categorical_posterior(x0, xt, t, schedule, kind, dtype=torch.float64)
     K = schedule.K
@@ -393,8 +407,10 @@ def categorical_prior_kl(x0: torch.Tensor, schedule: CategoricalSchedule, kind: 
 
     Raises
     ------
-    TypeError, ValueError
-        Bad tokens, schedule or kind.
+    TypeError
+        If the tokens or ``schedule`` have the wrong type.
+    ValueError
+        If token values or ``kind`` are out of range.
     """
     _check_schedule(schedule)
     _check_kind(kind)

@@ -1,6 +1,7 @@
-"""Consistency models (Song et al. 2023): the consistency function of the probability-flow ODE, its boundary-condition
-parameterisation f = c_skip x + c_out F (Song et al. 2023, Eq. 7 and Appendix C, in EDM's units), one-step and
-multistep consistency sampling (Algorithm 1), and the exact consistency function of a Gaussian mixture."""
+r"""Consistency models (Song et al. 2023): the consistency function of the probability-flow ODE, its boundary-condition
+parameterisation :math:`f = c_\text{skip}\, x + c_\text{out} F` (Song et al. 2023, Eq. 7 and Appendix C, in EDM's
+units), one-step and multistep consistency sampling (Algorithm 1), and the exact consistency function of a Gaussian
+mixture."""
 from __future__ import annotations
 
 import math
@@ -35,9 +36,12 @@ class ConsistencyModel(torch.nn.Module):
     (e.g. dl.make_velocity_net). With r = sigma / alpha, r_min = r(t_min), a_min = alpha(t_min) and s = sigma_data,
 
     .. math::
-        f(x, t) = a_\\min \\Big[c_{skip}(t) \\frac{x}{\\alpha(t)} + c_{out}(t) F\\big(c_{in}(t) \\frac{x}{\\alpha(t)}, t\\big)\\Big],
-        \\quad c_{skip} = \\frac{s^2}{(r - r_\\min)^2 + s^2},\\ c_{out} = \\frac{s (r - r_\\min)}{\\sqrt{s^2 + r^2}},
-        \\ c_{in} = \\frac{1}{\\sqrt{s^2 + r^2}}
+
+        f(x, t) &= a_\\min \\Big[c_{skip}(t) \\frac{x}{\\alpha(t)} + c_{out}(t) F\\big(c_{in}(t) \\frac{x}{\\alpha(t)}, t\\big)\\Big],
+
+        c_{skip} &= \\frac{s^2}{(r - r_\\min)^2 + s^2}, \\qquad c_{in} = \\frac{1}{\\sqrt{s^2 + r^2}},
+
+        c_{out} &= \\frac{s (r - r_\\min)}{\\sqrt{s^2 + r^2}}
 
     (Song et al. 2023, Appendix C, written for any Gaussian path). At t = t_min, c_skip = 1 and c_out = 0, so
     f(x, t_min) = x exactly, whatever the weights: the boundary condition holds by construction.
@@ -99,8 +103,31 @@ class ConsistencyModel(torch.nn.Module):
 
 
 def consistency_times(path, steps: int) -> list[float]:
-    """`steps` descending times for multistep sampling: t_max, then the first steps - 1 interior points of a Karras
-    grid (rho = 7) of steps + 1 noise levels r = sigma / alpha from r(t_max) down to r(t_min), mapped back to t."""
+    r"""`steps` descending times for multistep sampling.
+
+    The times are :math:`t_\text{max}`, then the first steps - 1 interior points of a Karras grid
+    (:math:`\rho = 7`) of steps + 1 noise levels :math:`r = \sigma / \alpha` from :math:`r(t_\text{max})` down to
+    :math:`r(t_\text{min})`, mapped back to t.
+
+    Parameters
+    ----------
+    path : GaussianPath
+        The path; it needs :math:`\alpha(t_\text{max}) > 0`.
+    steps : int
+        Number of times, >= 1.
+
+    Returns
+    -------
+    list of float
+        The ``steps`` times, descending, the first one ``path.t_max``.
+
+    Raises
+    ------
+    TypeError
+        If ``path`` is not a diffusion_lab path or ``steps`` is not an integer.
+    ValueError
+        If ``steps`` < 1 or :math:`\alpha(t_\text{max})` is not positive on the path.
+    """
     check_consistency_path(path)
     steps = check_int("steps", steps, low=1)
     r_lo, r_hi = (float(_ratio(path, torch.tensor(t, dtype=torch.float64))) for t in (path.t_min, path.t_max))
@@ -146,9 +173,10 @@ def consistency_sample(model, path, shape, steps: int = 1, cond=None, generator:
 
     Raises
     ------
-    TypeError, ValueError
-        For a model that is not callable, steps < 1, bad times, shape, cond, generator or x_T; a model output of the
-        wrong shape or not finite.
+    TypeError
+        For a model that is not callable, or times, shape, cond, generator or x_T of the wrong type.
+    ValueError
+        For steps < 1, bad times, shape, cond, generator or x_T; a model output of the wrong shape or not finite.
     """
     check_consistency_path(path)
     steps = check_int("steps", steps, low=1)
@@ -199,8 +227,9 @@ def transport(mixture: GaussianMixture, path, x: torch.Tensor, t, t_end: float, 
 @torch.no_grad()
 def exact_consistency_function(mixture: GaussianMixture, path, x: torch.Tensor, t, steps: int = 100,
                                method: str = "rk4", cond=None) -> torch.Tensor:
-    """The exact consistency function of a Gaussian mixture: where the probability-flow ODE under the mixture's
-    exact velocity takes (x, t) at t = t_min (Song et al. 2023, Sec. 3: f(x_t, t) = x_{t_min}).
+    r"""The exact consistency function of a Gaussian mixture: where the probability-flow ODE under the mixture's
+    exact velocity takes (x, t) at :math:`t = t_\text{min}` (Song et al. 2023, Sec. 3:
+    :math:`f(x_t, t) = x_{t_\text{min}}`).
 
     Parameters
     ----------

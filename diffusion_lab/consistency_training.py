@@ -1,7 +1,7 @@
 """Training consistency models: consistency distillation from a teacher's probability-flow ODE (CD, Song et al.
 2023, Algorithm 2) and consistency training without a teacher (CT, Algorithm 3, with the improvements of Song &
-Dhariwal 2023: no EMA target, pseudo-Huber distance, lognormal noise levels, 1 / (r_{n+1} - r_n) weighting and
-the doubling discretisation curriculum). Both share train_ddpm's loop (seed, EMA, clipping, progress, divergence)."""
+Dhariwal 2023: no EMA target, pseudo-Huber distance, lognormal noise levels, :math:`1 / (r_{n+1} - r_n)` weighting
+and the doubling discretisation curriculum). Both share train_ddpm's loop (seed, EMA, clipping, progress, divergence)."""
 from __future__ import annotations
 
 import math
@@ -101,11 +101,13 @@ def consistency_distill(teacher, path, data: torch.Tensor, labels: torch.Tensor 
                         solver: str = "heun", p_mean: float = -1.1, p_std: float = 2.0, sigma_data: float = 0.5,
                         model: ConsistencyModel | None = None,
                         device=None, callback=None, **overrides):
-    """Consistency distillation (Song et al. 2023, Algorithm 2): with t_1 < ... < t_N on a Karras grid of the path,
-    x_{t_{n+1}} = alpha x0 + sigma z and x_hat_{t_n} one `solver` step of the teacher's probability-flow ODE from it,
-    minimise (r_{n+1} - r_n)^-1 d(f(x_{t_{n+1}}, t_{n+1}), sg f(x_hat_{t_n}, t_n)). Song & Dhariwal 2023's
-    improvements are used here too: d the pseudo-Huber distance, the target the current weights (no EMA target),
-    n drawn with lognormal_weights (not uniformly) and the 1 / (r_{n+1} - r_n) weighting. On the ring mixture with
+    r"""Consistency distillation (Song et al. 2023, Algorithm 2).
+
+    With :math:`t_1 < \dots < t_N` on a Karras grid of the path, :math:`x_{t_{n+1}} = \alpha x_0 + \sigma z` and
+    :math:`\hat x_{t_n}` one `solver` step of the teacher's probability-flow ODE from it, minimise
+    :math:`(r_{n+1} - r_n)^{-1}\, d(f(x_{t_{n+1}}, t_{n+1}), \mathrm{sg}\, f(\hat x_{t_n}, t_n))`. Song & Dhariwal
+    2023's improvements are used here too: d the pseudo-Huber distance, the target the current weights (no EMA
+    target), n drawn with `lognormal_weights` (not uniformly) and the :math:`1 / (r_{n+1} - r_n)` weighting. On the ring mixture with
     its exact teacher, 600 steps reached 1-step samples at 1.8x the noise floor this way, against 8.4x with
     Algorithm 2's uniform n and unit weights (same steps, same seed).
 
@@ -138,14 +140,18 @@ def consistency_distill(teacher, path, data: torch.Tensor, labels: torch.Tensor 
 
     Returns
     -------
-    (ConsistencyModel, list of float)
-        The model (EMA weights when ema_decay is set) and the per-step losses.
+    model : ConsistencyModel
+        The model (EMA weights when ema_decay is set).
+    losses : list of float
+        The per-step losses.
 
     Raises
     ------
-    TypeError, ValueError
-        A teacher that is not callable, returns the wrong shape or NaN, or lives on another path; N < 2; an unknown
-        solver or prediction; NaN data, labels of the wrong length.
+    TypeError
+        A teacher that is not callable; an argument of the wrong type.
+    ValueError
+        A teacher that returns the wrong shape or NaN, or lives on another path; N < 2; an unknown solver or
+        prediction; NaN data, labels of the wrong length.
     TrainingDivergedError
         If the loss becomes NaN or infinite.
     """
@@ -180,8 +186,27 @@ def ct_schedule(step: int, total: int, s0: int = 10, s1: int = 1280) -> int:
 
 
 def lognormal_weights(r: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:
-    """p(n) proportional to erf((log r_{n+1} - P_mean) / (sqrt 2 P_std)) - erf((log r_n - P_mean) / (sqrt 2 P_std)):
-    the lognormal noise levels of Song & Dhariwal 2023, Sec. 3.5, over the N - 1 intervals of r (increasing)."""
+    r"""The lognormal noise levels of Song & Dhariwal 2023, Sec. 3.5, over the N - 1 intervals of r (increasing):
+
+    .. math::
+
+       p(n) \propto \operatorname{erf}\Big(\frac{\log r_{n+1} - P_\text{mean}}{\sqrt 2\, P_\text{std}}\Big)
+       - \operatorname{erf}\Big(\frac{\log r_n - P_\text{mean}}{\sqrt 2\, P_\text{std}}\Big).
+
+    Parameters
+    ----------
+    r : torch.Tensor
+        The N noise levels :math:`r = \sigma / \alpha`, shape (N,), increasing.
+    p_mean : float, optional
+        :math:`P_\text{mean}`, the mean of :math:`\log r` (default -1.1).
+    p_std : float, optional
+        :math:`P_\text{std}`, its standard deviation (default 2.0).
+
+    Returns
+    -------
+    torch.Tensor
+        Shape (N - 1,): the unnormalised probability of each interval (clamped at 0), in r's dtype.
+    """
     e = torch.erf((torch.log(r.clamp(min=1e-300)) - p_mean) / (math.sqrt(2) * p_std))
     return (e[1:] - e[:-1]).clamp(min=0)
 
@@ -201,10 +226,13 @@ def consistency_train(data: torch.Tensor, path=None, labels: torch.Tensor | None
                       config: TrainConfig | None = None, *, s0: int = 10, s1: int = 1280, p_mean: float = -1.1,
                       p_std: float = 2.0, sigma_data: float = 0.5, model: ConsistencyModel | None = None,
                       device=None, callback=None, **overrides):
-    """Consistency training without a teacher (Song et al. 2023, Algorithm 3) with improved CT (Song & Dhariwal
-    2023): at step k, N(k) = ct_schedule(k, steps, s0, s1) Karras times; n drawn with lognormal_weights over the
-    noise levels r = sigma / alpha; x_{t_n} and x_{t_{n+1}} share one data point and one noise z; the loss is
-    (r_{n+1} - r_n)^-1 d(f(x_{t_{n+1}}, t_{n+1}), sg f(x_{t_n}, t_n)), d the pseudo-Huber distance.
+    r"""Consistency training without a teacher (Song et al. 2023, Algorithm 3) with improved CT (Song & Dhariwal
+    2023).
+
+    At step k, N(k) = ``ct_schedule(k, steps, s0, s1)`` Karras times; n drawn with `lognormal_weights` over the
+    noise levels :math:`r = \sigma / \alpha`; :math:`x_{t_n}` and :math:`x_{t_{n+1}}` share one data point and one
+    noise z; the loss is :math:`(r_{n+1} - r_n)^{-1}\, d(f(x_{t_{n+1}}, t_{n+1}), \mathrm{sg}\, f(x_{t_n}, t_n))`,
+    d the pseudo-Huber distance.
 
     Parameters
     ----------
@@ -227,13 +255,17 @@ def consistency_train(data: torch.Tensor, path=None, labels: torch.Tensor | None
 
     Returns
     -------
-    (ConsistencyModel, list of float)
-        The model (EMA weights when ema_decay is set) and the per-step losses.
+    model : ConsistencyModel
+        The model (EMA weights when ema_decay is set).
+    losses : list of float
+        The per-step losses.
 
     Raises
     ------
-    TypeError, ValueError
-        Bad s0, s1, p_std, path; NaN data; labels of the wrong length.
+    TypeError
+        s0, s1, p_std or path of the wrong type.
+    ValueError
+        Bad s0, s1, p_std, path values; NaN data; labels of the wrong length.
     TrainingDivergedError
         If the loss becomes NaN or infinite.
     """

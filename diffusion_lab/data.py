@@ -229,9 +229,18 @@ def load_digits(flatten: bool = False):
 
 
 def load_digit_tokens():
-    """The sklearn digits as tokens: (x, y) with x long of shape (1797, 64), each pixel's grey level an integer
-    category in 0..16 (17 categories; discrete diffusion, `masked.py`), and integer labels y.
-    Images for the judge: x.reshape(-1, 1, 8, 8) / 8 - 1 (the [-1, 1] scale of load_digits)."""
+    """The sklearn digits as tokens: each pixel's grey level an integer category in 0..16.
+
+    17 categories, for discrete diffusion (`masked.py`). Images for the judge:
+    ``x.reshape(-1, 1, 8, 8) / 8 - 1`` (the [-1, 1] scale of `load_digits`).
+
+    Returns
+    -------
+    x : torch.Tensor
+        long, shape ``(1797, 64)``, values in 0..16.
+    y : torch.Tensor
+        Integer labels 0-9 (long), shape ``(1797,)``.
+    """
     from sklearn.datasets import load_digits as _sk_digits
 
     d = _sk_digits()

@@ -86,16 +86,19 @@ def progressive_distill(teacher: torch.nn.Module, schedule: Schedule, data: torc
 
     Returns
     -------
-    (torch.nn.Module, list of list of float)
-        The final student, which samples with dl.ddim_sample(student, schedule, shape, steps=teacher_steps // 2**rounds),
-        and each round's per-step losses.
+    student : torch.nn.Module
+        The final student, which samples with
+        ``dl.ddim_sample(student, schedule, shape, steps=teacher_steps // 2**rounds)``.
+    losses : list of list of float
+        Each round's per-step losses.
 
     Raises
     ------
-    TypeError, ValueError
-        A teacher that is not a torch.nn.Module, returns the wrong shape or NaN, or is a continuous-time wrapper
-        (it has a `path`); rounds < 1; teacher_steps not divisible by 2^rounds or above schedule.T; NaN data; labels of the
-        wrong length.
+    TypeError
+        A teacher that is not a torch.nn.Module; an argument of the wrong type.
+    ValueError
+        A teacher that returns the wrong shape or NaN, or is a continuous-time wrapper (it has a `path`); rounds < 1;
+        teacher_steps not divisible by 2^rounds or above schedule.T; NaN data; labels of the wrong length.
     TrainingDivergedError
         If a loss becomes NaN or infinite.
     """

@@ -1,16 +1,20 @@
-"""Masked (absorbing-state) diffusion in continuous time (Sahoo et al. 2024, MDLM, Eq. 10; Shi et al. 2024, MD4,
+r"""Masked (absorbing-state) diffusion in continuous time (Sahoo et al. 2024, MDLM, Eq. 10; Shi et al. 2024, MD4,
 Eq. 5): the ELBO as a weighted cross-entropy on the masked tokens, ancestral unmasking, the NLL in bits per token.
 
-At time t in [0, 1] each token of x_0 has been replaced by the mask K with probability t (alpha(t) = 1 - t).
-This is D3PM's "absorbing" kind (`categorical.py`) with categorical_schedule(K, T, "linear") in the limit
-T -> infinity: step s of T has alpha_bar = 1 - s/T, its ELBO term (`d3pm_kl`) is (1/s) times the masked
-cross-entropy seen at t = s/T, and the sum over s is a Riemann sum of the continuous-time ELBO
+At time t in [0, 1] each token of :math:`x_0` has been replaced by the mask K with probability t
+(:math:`\alpha(t) = 1 - t`). This is D3PM's "absorbing" kind (`categorical.py`) with
+``categorical_schedule(K, T, "linear")`` in the limit :math:`T \to \infty`: step s of T has
+:math:`\bar\alpha = 1 - s/T`, its ELBO term (`d3pm_kl`) is :math:`1/s` times the masked cross-entropy seen at
+:math:`t = s/T`, and the sum over s is a Riemann sum of the continuous-time ELBO
 
-    L = int_0^1 (-alpha'(t)) / (1 - alpha(t)) E_{x_t} [ sum_{i masked} -log p_theta(x_0^i | x_t, t) ] dt,
+.. math::
 
-with -alpha'/(1 - alpha) = 1/t; the discrete sum approaches it at rate O(1/T).
-The model contract: model(x_t, t, cond=None) -> logits of shape (*x_t.shape, K) over the K data categories,
-x_t long in [0, K] (K = mask), t float of shape (B,).
+   L = \int_0^1 \frac{-\alpha'(t)}{1 - \alpha(t)}\,
+   \mathbb{E}_{x_t} \Big[ \sum_{i \text{ masked}} -\log p_\theta(x_0^i \mid x_t, t) \Big]\, dt,
+
+with :math:`-\alpha'/(1 - \alpha) = 1/t`; the discrete sum approaches it at rate :math:`O(1/T)`.
+The model contract: ``model(x_t, t, cond=None)`` -> logits of shape ``(*x_t.shape, K)`` over the K data categories,
+:math:`x_t` long in [0, K] (K = mask), t float of shape (B,).
 """
 from __future__ import annotations
 
@@ -89,7 +93,7 @@ def masked_diffusion_loss(model, x0: torch.Tensor, cond=None, generator: torch.G
     Parameters
     ----------
     model : callable
-        model(x_t, t, cond) -> logits (*x_t.shape, K).
+        model(x_t, t, cond) -> logits ``(*x_t.shape, K)``.
     x0 : torch.Tensor
         Integer tokens (B, L, ...) in [0, K); L is the number of tokens per sequence (all trailing dims).
     cond : torch.Tensor, optional
@@ -108,8 +112,10 @@ def masked_diffusion_loss(model, x0: torch.Tensor, cond=None, generator: torch.G
 
     Raises
     ------
-    TypeError, ValueError
-        Non-integer tokens or tokens outside [0, K), bad cond or t, or logits of the wrong shape or non-finite.
+    TypeError
+        If the tokens are not integers or ``t`` is not a tensor.
+    ValueError
+        Tokens outside [0, K), bad cond or t values, or logits of the wrong shape or non-finite.
     """
     x0, K = _check_common(model, x0, cond, generator, K)
     if t is not None:
@@ -151,7 +157,7 @@ def masked_diffusion_nll(model, x0: torch.Tensor, steps: int | None = None, cond
     Parameters
     ----------
     model : callable
-        model(x_t, t, cond) -> logits (*x_t.shape, K).
+        model(x_t, t, cond) -> logits ``(*x_t.shape, K)``.
     x0 : torch.Tensor
         Integer tokens (B, L, ...) in [0, K).
     steps : int, optional
@@ -169,8 +175,10 @@ def masked_diffusion_nll(model, x0: torch.Tensor, steps: int | None = None, cond
 
     Raises
     ------
-    TypeError, ValueError
-        Bad tokens, steps < 1, bad cond, or logits of the wrong shape or non-finite.
+    TypeError
+        If the tokens are not integers or ``steps`` is not an integer.
+    ValueError
+        Bad token values, steps < 1, bad cond, or logits of the wrong shape or non-finite.
     """
     x0, K = _check_common(model, x0, cond, generator, K)
     if steps is not None:
@@ -202,7 +210,7 @@ def masked_diffusion_sample(model, shape, steps: int = 100, cond=None, generator
     Parameters
     ----------
     model : callable
-        model(x_t, t, cond) -> logits (*x_t.shape, K); wrap with dl.cfg(model, scale) for guidance on logits.
+        model(x_t, t, cond) -> logits ``(*x_t.shape, K)``; wrap with dl.cfg(model, scale) for guidance on logits.
     shape : tuple of int
         (B, L, ...) of the tokens to draw.
     steps : int
@@ -225,7 +233,9 @@ def masked_diffusion_sample(model, shape, steps: int = 100, cond=None, generator
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If ``steps`` or ``shape`` has the wrong type.
+    ValueError
         steps < 1, bad shape or cond, or logits of the wrong shape or non-finite.
     """
     _check_model(model)
@@ -325,13 +335,19 @@ def train_masked_diffusion(tokens: torch.Tensor, labels: torch.Tensor | None = N
 
     Returns
     -------
-    (torch.nn.Module, list of float)
-        The trained model (the EMA weights when ema_decay is set) and the per-step losses (nats per token).
+    model : torch.nn.Module
+        The trained model (the EMA weights when ema_decay is set).
+    losses : list of float
+        The per-step losses (nats per token).
 
     Raises
     ------
-    TypeError, ValueError
-        Bad tokens or labels, unknown options; TrainingDivergedError when the loss becomes NaN or infinite.
+    TypeError
+        Tokens that are not an integer tensor; an unknown option or an option of the wrong type.
+    ValueError
+        Bad token values or labels.
+    TrainingDivergedError
+        When the loss becomes NaN or infinite.
     """
     config = _config(config, overrides)
     K = check_int("K", int(tokens.max()) + 1 if K is None and isinstance(tokens, torch.Tensor) else K, low=2)

@@ -435,10 +435,39 @@ def make_denoiser(sample_shape, num_classes: int | None = None, arch: str = "aut
 
 
 class TokenMLP(nn.Module):
-    """Logits for discrete tokens (masked diffusion, `masked.py`): (B, *sample_shape) long in [0, K] (K = mask)
-    -> (B, *sample_shape, K). Each token is embedded (token_dim numbers), the embeddings are flattened, and a
-    residual MLP conditioned on (t, label) maps them to K logits per position. t is a float in [0, 1],
-    scaled by 1000 for the sinusoidal embedding (tuned to integer steps)."""
+    """Logits for discrete tokens (masked diffusion, `masked.py`).
+
+    Maps ``(B, *sample_shape)`` long in [0, K] (K = mask) to ``(B, *sample_shape, K)``. Each token is embedded
+    (``token_dim`` numbers), the embeddings are flattened, and a residual MLP conditioned on (t, label) maps them
+    to K logits per position. t is a float in [0, 1], scaled by 1000 for the sinusoidal embedding (tuned to
+    integer steps). Follows the contract ``model(x_t, t, cond=None) -> logits`` of `masked.py`; ``cond`` equal to
+    ``num_classes`` (or ``None``) is the learned null label.
+
+    Parameters
+    ----------
+    sample_shape : tuple of int, optional
+        The shape of one sample of tokens (default ``(64,)``); each entry >= 1.
+    K : int, optional
+        Number of data categories, >= 2 (default 17); the mask is token K.
+    hidden : int, optional
+        Width (default 256).
+    depth : int, optional
+        Number of residual blocks (default 3).
+    emb_dim : int, optional
+        Size of the time (and label) embedding, >= 2 (default 64).
+    token_dim : int, optional
+        Size of each token's embedding (default 16).
+    num_classes : int, optional
+        Number of classes for conditioning (default ``None``: unconditional).
+
+    Raises
+    ------
+    TypeError
+        If a size is not an integer.
+    ValueError
+        If a size is below its minimum; in the forward pass, if x is not integer tokens of shape
+        ``(B, *sample_shape)``.
+    """
 
     def __init__(self, sample_shape=(64,), K: int = 17, hidden: int = 256, depth: int = 3, emb_dim: int = 64,
                  token_dim: int = 16, num_classes: int | None = None):
