@@ -527,3 +527,9 @@ def test_schedule_tables_stay_on_the_cpu_and_at_follows_like():
         assert not isinstance(on_cpu, OnDevice) and on_cpu.device.type == "cpu" and on_cpu.dtype == torch.float32
     assert to_host(out).flatten().tolist() == s.alpha_bars[[0, 2]].half().tolist()
     assert on_cpu.flatten().tolist() == s.alpha_bars[[0, 2]].float().tolist()
+
+
+def test_ddpm_xT_given_on_the_cpu_is_moved_to_the_model_device():
+    xT = torch.randn(8, 2, generator=_gen(7))
+    out, _ = run_on_device(lambda: dl.ddpm_sample(_mlp().to(FAKE), _schedule(5), (8, 2), xT=xT, generator=_gen(8)))
+    assert isinstance(out, OnDevice)
