@@ -3,6 +3,7 @@ the loss on data whose exact epsilon is known, sampler plumbing, and bad input.
 (The oracle checks of the sampler are in test_lib_samplers.py, the diffusers ones in
 test_lib_diffusers.py.)"""
 import math
+import re
 
 import pytest
 import torch
@@ -466,4 +467,4 @@ def test_ddpm_sample_float64_draws_float64_noise_and_runs_a_parameterless_module
     # ddpm_loss without a generator draws on x0's device
     assert torch.isfinite(dl.ddpm_loss(_toy_model, S, torch.randn(4, 2, generator=_gen(27))))
     dl.ddpm_sample(_toy_model, S, (2, 3), generator=_gen(28), progress=True)
-    assert "DDPM" in capsys.readouterr().err
+    assert re.search(r"(^|\r)DDPM: ", capsys.readouterr().err)      # tqdm's label, "DDPM: 100%|..."
