@@ -512,3 +512,24 @@ def test_float64_noise_levels_stay_off_the_device():
     assert not rec.float64, rec.float64[:3]
     _, rec = run_on_device(lambda: dl.annealed_langevin_sample(score(), sig64, x.to(FAKE), 0.01, 2, generator=_gen(6)))
     assert not rec.float64, rec.float64[:3]
+
+
+def test_schedule_tables_stay_on_the_cpu_and_at_follows_like():
+    # Schedule keeps its float64 tables on the CPU whatever device its betas came from; Schedule.at with a
+    # device t returns like's device and the dtype asked for (found by the schedules mutation run).
+    with fake_device():
+        s = dl.Schedule(torch.tensor([0.1, 0.2, 0.3]).to(FAKE))
+        assert not isinstance(s.betas, OnDevice) and s.betas.device.type == "cpu" and s.betas.dtype == torch.float64
+        t = torch.tensor([0, 2]).to(FAKE)
+        out = s.at(s.alpha_bars, t, torch.zeros(2, 3).to(FAKE), dtype=torch.float16)
+        assert isinstance(out, OnDevice) and out.dtype == torch.float16 and out.shape == (2, 1)
+        on_cpu = s.at(s.alpha_bars, t, torch.zeros(2, 3))
+        assert not isinstance(on_cpu, OnDevice) and on_cpu.device.type == "cpu" and on_cpu.dtype == torch.float32
+    assert to_host(out).flatten().tolist() == s.alpha_bars[[0, 2]].half().tolist()
+    assert on_cpu.flatten().tolist() == s.alpha_bars[[0, 2]].float().tolist()
+
+
+def test_ddpm_xT_given_on_the_cpu_is_moved_to_the_model_device():
+    xT = torch.randn(8, 2, generator=_gen(7))
+    out, _ = run_on_device(lambda: dl.ddpm_sample(_mlp().to(FAKE), _schedule(5), (8, 2), xT=xT, generator=_gen(8)))
+    assert isinstance(out, OnDevice)

@@ -3,6 +3,7 @@ the loss on data whose exact epsilon is known, sampler plumbing, and bad input.
 (The oracle checks of the sampler are in test_lib_samplers.py, the diffusers ones in
 test_lib_diffusers.py.)"""
 import math
+import re
 
 import pytest
 import torch
@@ -397,3 +398,73 @@ def test_ddpm_loss_replayed_draw_by_draw_in_float64():
     loss = dl.ddpm_loss(model, S, x0, generator=_gen(51))
     assert loss.dtype == torch.float64
     torch.testing.assert_close(loss, expected)
+
+
+# ---------------------------------------------------------------------------------------
+# found by the mutation run of 2026-12-06 (CONTRIBUTING.md): each assert kills surviving mutants
+# ---------------------------------------------------------------------------------------
+def test_ddpm_messages_and_argument_checks_found_by_mutation():
+    with pytest.raises(TypeError, match=r"^model must be callable as model\(x, t, cond=None\), got int$"):
+        dl.ddpm_sample(5, S, (2, 3))
+    with pytest.raises(ValueError, match=r"^cond must be None or an integer tensor of labels with shape \(2,\), got \(3,\)$"):
+        dl.ddpm_sample(_toy_model, S, (2, 3), cond=torch.tensor([1, 0, 1]))
+    with pytest.raises(ValueError, match=r"^cond must be None or an integer tensor of labels with shape \(2,\), got list$"):
+        dl.ddpm_sample(_toy_model, S, (2, 3), cond=[1, 0])
+    with pytest.raises(ValueError, match=r"^model output must have the input's shape \(2, 3\), got \(2, 4\)$"):
+        dl.ddpm_sample(lambda x, t, cond=None: torch.zeros(2, 4), S, (2, 3))
+    with pytest.raises(ValueError, match=r"^model output must have the input's shape \(2, 3\), got NoneType$"):
+        dl.ddpm_sample(lambda x, t, cond=None: None, S, (2, 3))
+    with pytest.raises(ValueError, match=r"^model output must have the input's shape \(2, 3\), got list$"):
+        dl.ddpm_sample(lambda x, t, cond=None: [0.0], S, (2, 3))
+    with pytest.raises(ValueError, match=r"^t must be a single integer timestep for ddpm_step, got shape \(2,\)$"):
+        dl.ddpm_step(S, torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([3, 4]))
+    with pytest.raises(ValueError, match=r"^noise is required"):     # t = 1 is the last step with noise
+        dl.ddpm_step(S, torch.zeros(2, 3), torch.zeros(2, 3), 1)
+    # the generator is checked even where it would never be used (T = 1 with xT given)
+    with pytest.raises(TypeError, match=r"^generator\b"):
+        dl.ddpm_sample(_toy_model, dl.linear_schedule(T=1, beta_start=0.1, beta_end=0.1), (2, 3),
+                       xT=torch.zeros(2, 3), generator="seed")
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match=rf"^clip_x0 must be in \(0, inf\], got {bad}$"):
+            dl.ddpm_sample(_toy_model, S, (2, 3), clip_x0=bad)
+
+
+def test_ddpm_no_noise_at_t0_even_for_beta_variance_and_clip_x0_applied():
+    # variance="beta" has sd = sqrt(beta_0) > 0 at t = 0 (the posterior variance is 0 there), so noise added at
+    # t = 0 would show; ddpm_step ignores a given noise at t = 0 and ddpm_sample draws none.
+    x, eps = torch.randn(4, 2, generator=_gen(20)), torch.randn(4, 2, generator=_gen(21))
+    x0, x0_hat = dl.ddpm_step(S, x, eps, 0, torch.ones(4, 2), variance="beta")
+    assert torch.equal(x0, x0_hat)
+    calls = []
+    out = dl.ddpm_sample(_toy_model, S, (4, 2), generator=_gen(22), variance="beta", callback=calls.append)
+    assert torch.equal(out, calls[-1]["x0_hat"])
+    # clip_x0 reaches every step: x0_hat stays in [-c, c] (unclipped it leaves it: checked below)
+    big = lambda x, t, cond=None: -10 * torch.ones_like(x)  # noqa: E731
+    calls = []
+    dl.ddpm_sample(big, S, (4, 2), generator=_gen(23), clip_x0=0.5, callback=calls.append)
+    assert all(float(c["x0_hat"].abs().max()) <= 0.5 for c in calls)
+    calls = []
+    dl.ddpm_sample(big, S, (4, 2), generator=_gen(23), callback=calls.append)
+    assert float(calls[0]["x0_hat"].abs().max()) > 0.5
+
+
+def test_ddpm_sample_float64_draws_float64_noise_and_runs_a_parameterless_module(capsys):
+    # float64 xT: the sampler's noise is drawn in float64 (replayed by hand with the same generator)
+    g = _gen(24)
+    x = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    out = dl.ddpm_sample(_toy_model, S, (4, 2), xT=x.clone(), generator=_gen(25))
+    g = _gen(25)
+    for t in range(S.T - 1, -1, -1):
+        eps = _toy_model(x, torch.full((4,), t))
+        noise = torch.randn(4, 2, generator=g, dtype=torch.float64) if t > 0 else None
+        x, _ = dl.ddpm_step(S, x, eps, t, noise)
+    assert out.dtype == torch.float64 and torch.equal(out, x)
+
+    class Zero(torch.nn.Module):     # no parameters: the sampling device falls back to the CPU
+        def forward(self, x, t, cond=None):
+            return torch.zeros_like(x)
+    assert dl.ddpm_sample(Zero(), S, (2, 3), generator=_gen(26)).device.type == "cpu"
+    # ddpm_loss without a generator draws on x0's device
+    assert torch.isfinite(dl.ddpm_loss(_toy_model, S, torch.randn(4, 2, generator=_gen(27))))
+    dl.ddpm_sample(_toy_model, S, (2, 3), generator=_gen(28), progress=True)
+    assert re.search(r"(^|\r)DDPM: ", capsys.readouterr().err)      # tqdm's label, "DDPM: 100%|..."

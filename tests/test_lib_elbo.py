@@ -132,3 +132,17 @@ def test_ddpm_elbo_draws_x_t_in_the_data_dtype_one_draw_per_t():
         z = torch.randn(3, 2, generator=g, dtype=torch.float64)
         ab = s.alpha_bars[t]
         torch.testing.assert_close(xt, ab.sqrt() * x0 + (1 - ab).sqrt() * z, rtol=0, atol=1e-14)
+
+
+def test_ddpm_elbo_smallest_T_and_broken_model_message_found_by_mutation():
+    # Found by the mutation run of 2026-12-06 (CONTRIBUTING.md). T = 2 has one L_{t-1} term (t = 1), T = 1 none.
+    zero = lambda x, t, cond=None: torch.zeros_like(x)  # noqa: E731
+    x0 = torch.randn(4, 3, generator=_gen(31))
+    two = dl.ddpm_elbo(zero, dl.linear_schedule(T=2, beta_start=0.1, beta_end=0.2), x0, generator=_gen(32))
+    assert two["L_t"].shape == (2,) and float(two["L_t"][0]) == 0.0 and float(two["L_t"][1]) > 0.01
+    assert two["total_nats"] == pytest.approx(two["L_0"] + float(two["L_t"].sum()) + two["L_T"], rel=1e-6)   # L_0, L_T: float32 means
+    one = dl.ddpm_elbo(zero, dl.linear_schedule(T=1, beta_start=0.1, beta_end=0.1), x0, generator=_gen(33))
+    assert one["L_t"].tolist() == [0.0]
+    nan = lambda x, t, cond=None: torch.full_like(x, float("nan") if int(t[0]) == 1 else 0.0)  # noqa: E731
+    with pytest.raises(ValueError, match=r"^model output at step 1 \(t = 1\) is not finite"):
+        dl.ddpm_elbo(nan, dl.linear_schedule(T=2, beta_start=0.1, beta_end=0.2), x0, generator=_gen(34))

@@ -174,3 +174,28 @@ def test_classifier_grad_checks_logits_and_label_range():
         dl.classifier_grad(lambda y, t: y.sum(1), x, t, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"^classifier must return logits of shape \(2, num_classes\), got \(1, 3\)$"):
         dl.classifier_grad(lambda y, t: torch.zeros(1, 3) + y.sum(), x, t, torch.tensor([0, 1]))
+
+
+def test_guidance_messages_range_check_and_per_dtype_tables_found_by_mutation():
+    # Found by the mutation run of 2026-12-06 (CONTRIBUTING.md); each assert kills a surviving mutant.
+    def two_shapes(x, t, cond=None):        # the unconditional output has the wrong shape
+        return torch.zeros(x.shape[0], 4) if cond is None else torch.zeros_like(x)
+    x, t = torch.randn(3, 5, generator=_gen(30)), torch.full((3,), 10)
+    with pytest.raises(ValueError, match=r"^eps_cond must have the same shape as eps_uncond \(3, 4\), got \(3, 5\)$"):
+        dl.cfg(two_shapes, 2.0)(x, t, torch.tensor([0, 1, 2]))
+    clf = lambda x, t: x[:, :4]  # noqa: E731
+    with pytest.raises(ValueError, match=r"^cond must be integer labels of shape \(3,\), got list$"):
+        dl.classifier_grad(clf, x, t, [0, 1, 2])
+    with pytest.raises(ValueError, match=r"^cond must be integer labels of shape \(3,\), got \(2,\)$"):
+        dl.classifier_grad(clf, x, t, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"^classifier must return logits of shape \(3, num_classes\), got \(2, 4\)$"):
+        dl.classifier_grad(lambda x, t: x[:2, :4], x, t, torch.tensor([0, 1, 2]))
+    zero = lambda x, t, cond=None: torch.zeros_like(x)  # noqa: E731
+    with pytest.raises(ValueError, match=r"^cond labels must be in \[0, 3\], got 0\.\.4$"):   # checked on first use
+        dl.classifier_guidance(zero, clf, S, 1.0)(x, t, torch.tensor([0, 1, 4]))
+    # the coefficient table is cached per (device, dtype): a float64 call after a float32 one is exact float64
+    guided = dl.classifier_guidance(zero, clf, S, 1.0)
+    cond = torch.tensor([0, 1, 2])
+    guided(x, t, cond)
+    out = guided(x.double(), t, cond)
+    assert out.dtype == torch.float64 and torch.equal(out, dl.classifier_guidance(zero, clf, S, 1.0)(x.double(), t, cond))

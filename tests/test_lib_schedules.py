@@ -1,6 +1,7 @@
 """Noise schedules: index convention, float64, the cosine formula recomputed independently, bad input."""
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -153,3 +154,35 @@ def test_schedule_factories_defaults_smallest_T_and_messages():
         dl.cosine_schedule(T=10, s=-1.0)
     with pytest.raises(ValueError, match=r"^max_beta must be in \(0, 1\), got 1.0$"):
         dl.cosine_schedule(T=10, max_beta=1.0)
+
+
+def test_check_t_and_at_bounds_messages_and_dtype():
+    # Found by the mutation run of 2026-12-06 (CONTRIBUTING.md): each line kills a surviving mutant.
+    s = dl.linear_schedule(T=5, beta_start=0.1, beta_end=0.5)
+    # both ends of [low, T - 1] are allowed, as a tensor and as an int
+    assert s.check_t(torch.tensor([0, 4], dtype=torch.int32)).tolist() == [0, 4]
+    assert s.check_t(torch.tensor([2, 4]), low=2).tolist() == [2, 4]
+    assert s.check_t(0).item() == 0 and s.check_t(4).item() == 4 and s.check_t(2, low=2).item() == 2
+    with pytest.raises(ValueError, match=r"^t must be in \[0, 4\] \(T = 5\), got values from 1 to 5$"):
+        s.check_t(torch.tensor([1, 5]))
+    with pytest.raises(ValueError, match=r"^t_prev must be in \[1, 4\] \(T = 5\), got values from 0 to 3$"):
+        s.check_t(torch.tensor([0, 3]), name="t_prev", low=1)
+    with pytest.raises(ValueError, match=r"^t must be an integer in \[0, 4\], got 5$"):
+        s.check_t(5)
+    with pytest.raises(ValueError, match=r"^t must be an integer in \[1, 4\], got 0$"):
+        s.check_t(0, low=1)
+    for dtype in (torch.float32, torch.bool):
+        with pytest.raises(TypeError, match=rf"^t must hold integer timesteps, got dtype {dtype}$"):
+            s.check_t(torch.zeros(2, dtype=dtype))
+    # at: values[t] shaped (B, 1, 1) in like's dtype, or in dtype= when given
+    like = torch.zeros(3, 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")    # a tensor t is used as it is, not copy-constructed (a UserWarning)
+        out = s.at(s.alpha_bars, torch.tensor([0, 2, 4]), like, dtype=torch.float64)
+        assert s.at(s.alpha_bars, torch.tensor([0, 2, 4]), like).dtype == torch.float32
+    assert out.shape == (3, 1, 1) and out.dtype == torch.float64
+    assert out.flatten().tolist() == s.alpha_bars[[0, 2, 4]].tolist()
+    assert s.at(s.alpha_bars, 2, like, dtype=torch.float64).item() == s.alpha_bars[2].item()
+    with pytest.raises(ValueError, match=r"^t has 2 entries but the batch has 3$"):
+        s.at(s.alpha_bars, torch.tensor([0, 1]), like)
+    assert dl.cosine_schedule(T=10).name == "cosine" and dl.linear_schedule(T=10).name == "linear"
