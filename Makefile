@@ -102,17 +102,21 @@ clean:
 	rm -rf _build $(BROWSER_DIR)/screenshots .pytest_cache
 
 # Mutation testing (too slow for `make test`; run it before resolving a library issue; see
-# CONTRIBUTING.md, "Mutation testing"). Add a module to MUTANT_MODULES when it lands; the tests of
-# a module are tests/test_lib_<module>.py, those of the continuous-time modules (MUTANT_CT_MODULES)
-# tests/test_ct_*.py, those of flow tests/test_flow*.py; plus MUTANT_EXTRA_TESTS for every module
-# (the oracle sampler tests, the referee's formula checks, and the simulated-device tests, which
-# kill device-only mutants).
+# CONTRIBUTING.md, "Mutation testing"). Add a module to MUTANT_MODULES when it lands. The tests
+# of a module are tests/test_lib_<module>.py and tests/test_<first word of module>*.py (flow:
+# test_flow*.py; consistency_training: test_consistency*.py), those of the continuous-time
+# modules (MUTANT_CT_MODULES) tests/test_ct_*.py; plus MUTANT_EXTRA_TESTS for every module (the
+# oracle sampler tests, the referee's formula checks, and the simulated-device tests, which kill
+# device-only mutants).
 #   make mutants                              every core module
 #   make mutants MUTANT_MODULES="ddpm ddim"   some of them
-MUTANT_CT_MODULES = paths predictions ode sde likelihood dpm_solver edm discrete
-MUTANT_MODULES ?= gaussians schedules forward ddpm ddim score guidance elbo $(MUTANT_CT_MODULES) flow
+#   make -s mutant-tests MUTANT_MODULES=pc    print the test files a run would select
+MUTANT_CT_MODULES = paths predictions ode sde likelihood dpm_solver edm discrete pc grids objectives
+MUTANT_MODULES ?= gaussians schedules forward ddpm ddim score guidance elbo $(MUTANT_CT_MODULES) flow \
+	path_change distill consistency consistency_training categorical masked
 MUTANT_EXTRA_TESTS ?= tests/test_lib_samplers.py tests/test_lib_referee.py tests/test_device_discipline.py
-MUTANT_TESTS = $(sort $(foreach m,$(MUTANT_MODULES),$(if $(filter $(m),$(MUTANT_CT_MODULES)),$(wildcard tests/test_ct_*.py),$(if $(filter flow,$(m)),$(wildcard tests/test_flow*.py),tests/test_lib_$(m).py)))) $(MUTANT_EXTRA_TESTS)
+mutant_tests = $(if $(filter $(1),$(MUTANT_CT_MODULES)),$(wildcard tests/test_ct_*.py),$(wildcard tests/test_lib_$(1).py tests/test_$(firstword $(subst _, ,$(1)))*.py))
+MUTANT_TESTS = $(sort $(foreach m,$(MUTANT_MODULES),$(call mutant_tests,$(m)))) $(MUTANT_EXTRA_TESTS)
 MUTANT_JOBS ?= 2
 DEV_INSTALLED := $(VENV)/.installed-dev
 
@@ -120,7 +124,10 @@ $(DEV_INSTALLED): requirements-dev.txt $(INSTALLED)
 	$(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
-.PHONY: mutants
+.PHONY: mutants mutant-tests
+mutant-tests:
+	@echo $(MUTANT_TESTS)
+
 mutants: $(DEV_INSTALLED)
 	env -u PYTHONPATH $(PY) scripts/run_mutants.py --modules "$(MUTANT_MODULES)" --tests "$(MUTANT_TESTS)" --max-children $(MUTANT_JOBS)
 	env -u PYTHONPATH $(VENV)/bin/mutmut results
