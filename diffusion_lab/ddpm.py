@@ -35,15 +35,6 @@ def model_device(model, device=None) -> torch.device:
     return torch.device("cpu")
 
 
-def call_model(model, x: torch.Tensor, t: int, cond=None) -> torch.Tensor:
-    """Evaluate the model at one integer time for the whole batch and check its output."""
-    tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
-    eps = _call(model, x, tt, cond)
-    if not bool(torch.isfinite(eps).all()):
-        raise ValueError(f"model output at t = {t} is not finite (NaN or inf): the model is broken or diverged")
-    return eps
-
-
 def _call(model, x, tt, cond):
     """model(x, tt, cond) with its output's shape checked (metadata only: no device sync)."""
     eps = model(x, tt, cond)

@@ -99,6 +99,11 @@ class Recorder(TorchDispatchMode):
                 moved64 = True
         if not (on_device or to_device):
             return func(*args, **kwargs)
+        if on_device and func is aten.index.Tensor and not isinstance(args[0], OnDevice) and args[0].ndim > 0:
+            # Real accelerators index a device tensor with CPU indices, never a CPU tensor with
+            # device indices ("indices should be either on cpu or on the same device").
+            raise RuntimeError(f"{func} indexes a CPU tensor of shape {tuple(args[0].shape)} with device "
+                               f"indices at {_where()}")
         if on_device and func not in MIXING_ALLOWED:
             for a in flat:
                 if isinstance(a, torch.Tensor) and not isinstance(a, OnDevice) and a.ndim > 0:
