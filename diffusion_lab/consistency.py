@@ -98,6 +98,27 @@ class ConsistencyModel(torch.nn.Module):
         return c[0], c[1], c[2]
 
     def forward(self, x: torch.Tensor, t, cond=None) -> torch.Tensor:
+        """f(x, t, cond): the network's output mixed with x by the coefficients above.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            A batch (B, ...) of states on the path at time t.
+        t : float or torch.Tensor
+            The time, a number or one per row (B,), in [t_min, t_max] of the path.
+        cond : optional
+            Passed on to the network.
+
+        Returns
+        -------
+        torch.Tensor
+            The estimate of the clean data, x's shape and dtype; x itself at t = t_min.
+
+        Raises
+        ------
+        ValueError
+            If t lies outside [t_min, t_max].
+        """
         skip, out, c_in = self.coefficients(t, x)
         return skip * x + out * self.net(c_in * x, t, cond)
 
