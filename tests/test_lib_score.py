@@ -1,6 +1,7 @@
 """Score side: Langevin and annealed Langevin against exact scores, denoising score matching on
 data whose optimal score is known, the eps <-> score bridge, and bad input."""
 import math
+import re
 
 import pytest
 import torch
@@ -351,6 +352,7 @@ def test_annealed_langevin_is_silent_unless_progress_is_asked_for(capsys):
     dl.annealed_langevin_sample(score, [1.0, 0.5, 0.1], x0, 0.01, 2, generator=_gen(40), progress=True)
     out, err = capsys.readouterr()
     assert out == "" and "annealed Langevin" in err and "3/3" in err
+    assert re.search(r"(^|\r)annealed Langevin: ", err), err    # tqdm's label, not a substring of another
 
 
 def test_dsm_loss_replayed_draw_by_draw_in_float64():
@@ -589,6 +591,26 @@ def test_log_snr_timesteps_bounds_messages_and_a_repeated_timestep_at_n_2():
         dl.log_snr_timesteps(flat, 2, 1)
 
 
+def test_ddpm_score_model_one_instance_serves_float32_then_float64():
+    # sigma_t is the looked-up timestep's sqrt(1 - alpha_bar_t) in x's dtype, whatever dtype came first:
+    # with eps = 1 the score is -1 / sigma_t, computed here in float64 from the betas
+    s = dl.linear_schedule(T=20, beta_start=0.01, beta_end=0.3)
+    sm = dl.ddpm_score_model(lambda x, t, cond=None: torch.ones_like(x), s)
+    ab, p = [], 1.0
+    for b in s.betas.tolist():
+        p *= 1.0 - b
+        ab.append(p)
+    table = [math.sqrt(1.0 - a) for a in ab]
+    req = [0.5, 0.25, 0.9]
+    ts = [min(range(20), key=lambda t: abs(table[t] - r)) for r in req]
+    expected = torch.tensor([[-1 / table[t]] * 2 for t in ts], dtype=torch.float64)
+    out32 = sm(torch.zeros(3, 2), torch.tensor(req))
+    out64 = sm(torch.zeros(3, 2, dtype=torch.float64), torch.tensor(req))
+    assert out32.dtype == torch.float32 and out64.dtype == torch.float64
+    torch.testing.assert_close(out64, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(out32, expected.float())
+
+
 # ---- the simulated accelerator of tests/test_device_discipline.py ---------------------------------
 def test_score_samplers_and_nets_on_a_device_keep_sigma_there_and_give_the_cpu_numbers():
     from test_device_discipline import FAKE, _check, _mlp, _schedule, _seeded, run_on_device, to_host
@@ -618,6 +640,11 @@ def test_score_samplers_and_nets_on_a_device_keep_sigma_there_and_give_the_cpu_n
         return go
     out, _ = _check("ddpm_score_model in annealed_langevin_sample", run(3, FAKE), run(6, FAKE))
     torch.testing.assert_close(to_host(out), run(6, "cpu")(), rtol=0, atol=0)
+    # a float64 sigma given on the CPU is cast to float32 there, never moved to the device in float64
+    sig64 = torch.tensor([0.9, 0.5, 0.2, 0.05], dtype=torch.float64)
+    out, rec = run_on_device(lambda: dl.ddpm_score_model(_mlp().to(FAKE), _schedule(40))(x.to(FAKE), sig64))
+    assert not rec.float64, rec.float64
+    torch.testing.assert_close(to_host(out), dl.ddpm_score_model(_mlp(), _schedule(40))(x, sig64), rtol=0, atol=0)
 
 
 def test_dsm_loss_draws_the_levels_on_the_generator_device_else_on_x_device(monkeypatch):
