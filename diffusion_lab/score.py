@@ -362,13 +362,17 @@ def ddpm_score_model(model, schedule: Schedule, cond=None):
     if not callable(model):
         raise TypeError(f"model must be callable as model(x, t, cond=None), got {type(model).__name__}")
     table64 = (1 - schedule.alpha_bars).sqrt()                 # float64, on the CPU
-    table = table64.float()
+    tables = {}                                                # (device, dtype) -> the tables there, copied once
 
     def score_model(x, sigma):
-        sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1).cpu()
-        t = torch.argmin((table[None, :] - sigma[:, None]).abs(), dim=1)
-        eps = model(x, t.to(x.device), cond)
-        sigma_t = table64[t].to(x.dtype).to(x.device)  # the looked-up timestep's sigma (cast on the CPU: MPS has no float64)
+        key = (x.device, x.dtype)
+        if key not in tables:   # cast on the CPU (MPS has no float64), then moved: no copy or sync per call
+            tables[key] = (table64.float().to(x.device), table64.to(x.dtype).to(x.device))
+        table, table_x = tables[key]
+        sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1).to(x.device)
+        t = torch.argmin((table[None, :] - sigma[:, None]).abs(), dim=1)   # the lookup stays on x's device
+        eps = model(x, t, cond)
+        sigma_t = table_x[t]                                   # the looked-up timestep's sigma, in x's dtype
         return -eps / sigma_t.reshape((-1,) + (1,) * (x.ndim - 1))
     return score_model
 

@@ -1,6 +1,7 @@
 """Score side: Langevin and annealed Langevin against exact scores, denoising score matching on
 data whose optimal score is known, the eps <-> score bridge, and bad input."""
 import math
+import re
 
 import pytest
 import torch
@@ -351,6 +352,7 @@ def test_annealed_langevin_is_silent_unless_progress_is_asked_for(capsys):
     dl.annealed_langevin_sample(score, [1.0, 0.5, 0.1], x0, 0.01, 2, generator=_gen(40), progress=True)
     out, err = capsys.readouterr()
     assert out == "" and "annealed Langevin" in err and "3/3" in err
+    assert re.search(r"(^|\r)annealed Langevin: ", err), err    # tqdm's label, not a substring of another
 
 
 def test_dsm_loss_replayed_draw_by_draw_in_float64():
@@ -439,3 +441,233 @@ def test_langevin_samplers_argument_messages_and_bounds():
         dl.langevin_sample(score, x, 0.1, -1)
     with pytest.raises(ValueError, match=r"\(step 0\)$"):
         dl.langevin_sample(lambda y: y[:, :1], x, 0.1, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# found by mutation testing (issue 17, run of 2026-12-06 08:01): each test names what it pins
+# ---------------------------------------------------------------------------------------
+def test_score_errors_name_the_step_or_level_and_what_came_back():
+    x = torch.zeros(4, 2)
+    short = lambda y, *a: y[:, :1]  # noqa: E731
+    as_list = lambda y, *a: [0.0]  # noqa: E731
+    shape = r"^score must return the input's shape \(4, 2\), got "
+    with pytest.raises(ValueError, match=shape + r"\(4, 1\) \(step 0\)$"):
+        dl.langevin_sample(short, x, 0.1, 3)
+    with pytest.raises(ValueError, match=shape + r"list \(step 0\)$"):
+        dl.langevin_sample(as_list, x, 0.1, 3)
+    calls = []
+
+    def nan_at_step_2(y):
+        calls.append(1)
+        return y * float("nan") if len(calls) == 3 else -y
+    with pytest.raises(ValueError, match=r"^score returned non-finite values \(step 2\)$"):
+        dl.langevin_sample(nan_at_step_2, x, 0.1, 5, generator=_gen(60))
+    # annealed: the level is named by its sigma
+    with pytest.raises(ValueError, match=shape + r"\(4, 1\) \(sigma = 1\)$"):
+        dl.annealed_langevin_sample(short, [1.0, 0.5], x, 0.1, 2)
+    with pytest.raises(ValueError, match=shape + r"list \(sigma = 1\)$"):
+        dl.annealed_langevin_sample(as_list, [1.0, 0.5], x, 0.1, 2)
+    nan_below_1 = lambda y, s: y * float("nan") if float(s[0]) < 1 else -y  # noqa: E731
+    with pytest.raises(ValueError, match=r"^score returned non-finite values \(sigma = 0.5\)$"):
+        dl.annealed_langevin_sample(nan_below_1, [1.0, 0.5], x, 0.1, 2, generator=_gen(61))
+
+
+def test_langevin_samplers_check_the_generator_before_any_score_call():
+    calls = []
+
+    def score(y, *a):
+        calls.append(1)
+        return -y
+    msg = r"^generator must be a torch.Generator or None, got int$"
+    with pytest.raises(TypeError, match=msg):
+        dl.langevin_sample(score, X, 0.1, 0, generator=3)       # zero steps: never drawn, still checked
+    with pytest.raises(TypeError, match=msg):
+        dl.langevin_sample(score, X, 0.1, 2, generator=3)
+    with pytest.raises(TypeError, match=msg):
+        dl.annealed_langevin_sample(score, [1.0, 0.5], X, 0.1, 2, generator=3)
+    assert calls == []
+
+
+def test_langevin_samplers_replayed_in_float64_draw_float64_noise():
+    # The update written out, with the noise drawn from the same seed in float64 (x's dtype): noise
+    # drawn in float32 and promoted would be other numbers (and float32-rounded).
+    x = torch.randn(5, 2, generator=_gen(62), dtype=torch.float64)
+    h = 0.03
+    out = dl.langevin_sample(lambda y: -y, x, h, 3, generator=_gen(63))
+    g, y = _gen(63), x.clone()
+    for _ in range(3):
+        y = y + h * (-y) + math.sqrt(2 * h) * torch.randn(5, 2, generator=g, dtype=torch.float64)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, y, rtol=1e-12, atol=1e-12)
+    sigmas = [1.0, 0.5]
+    out = dl.annealed_langevin_sample(lambda y, s: -y / (1 + s[:, None] ** 2), sigmas, x, 0.01, 2, generator=_gen(64))
+    g, y = _gen(64), x.clone()
+    for s in sigmas:
+        a = 0.01 * s ** 2 / sigmas[-1] ** 2
+        for _ in range(2):
+            y = y + a * (-y / (1 + s ** 2)) + math.sqrt(2 * a) * torch.randn(5, 2, generator=g, dtype=torch.float64)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, y, rtol=1e-12, atol=1e-12)
+
+
+def test_annealed_langevin_passes_sigma_in_x_dtype_and_calls_back_with_the_documented_keys():
+    # sigma reaches the score model as a (B,) tensor in x's dtype (a float32 sigma would turn the
+    # score, and so x, into float32 for a half-precision x); the callback gets {"level", "sigma", "i", "x"}.
+    seen, calls = [], []
+
+    def score(y, sigma):
+        seen.append((sigma.dtype, sigma.device, tuple(sigma.shape)))
+        return -y
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    out = dl.annealed_langevin_sample(score, [1.0, 0.25], x, 0.01, 2, generator=_gen(65), callback=calls.append)
+    assert seen == [(torch.float64, x.device, (3,))] * 4
+    assert [sorted(c) for c in calls] == [["i", "level", "sigma", "x"]] * 4
+    assert [(c["level"], c["sigma"], c["i"]) for c in calls] == [(0, 1.0, 0), (0, 1.0, 1), (1, 0.25, 0), (1, 0.25, 1)]
+    assert calls[-1]["x"] is out and calls[0]["x"].shape == (3, 2)
+
+
+def test_score_mlp_defaults_and_checkpoint_layout():
+    # The documented defaults (dim 2, hidden 128, depth 3, emb_dim 64), and the parameter layout that
+    # checkpoints.py saves and loads strictly by name: a reordered or dropped layer orphans saved files.
+    assert dl.ScoreMLP().config == {"dim": 2, "hidden": 128, "depth": 3, "emb_dim": 64}
+    net = dl.ScoreMLP(dim=3, hidden=16, depth=2, emb_dim=8)
+    layout = {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.startswith("blocks.")}
+    assert layout == {"emb.0.weight": (8, 8), "emb.0.bias": (8,), "emb.2.weight": (8, 8), "emb.2.bias": (8,),
+                      "inp.weight": (16, 3), "inp.bias": (16,),
+                      "out.0.weight": (16,), "out.0.bias": (16,), "out.2.weight": (3, 16), "out.2.bias": (3,)}
+    assert {k.split(".")[1] for k in net.state_dict() if k.startswith("blocks.")} == {"0", "1"}
+    assert [type(m).__name__ for m in net.emb] == ["Linear", "SiLU", "Linear"]
+    assert [type(m).__name__ for m in net.out] == ["LayerNorm", "SiLU", "Linear"]
+
+
+def test_score_mlp_output_in_x_dtype_for_a_float64_sigma():
+    # sigma is cast to x's dtype: a float64 sigma tensor with float32 data must not make the score float64
+    # (annealed Langevin would then carry x in float64, which MPS cannot).
+    net = dl.ScoreMLP(dim=2, hidden=16, depth=1, emb_dim=8)
+    x = torch.randn(3, 2, generator=_gen(66))
+    with torch.no_grad():
+        out64 = net(x, torch.tensor([0.1, 0.5, 2.0], dtype=torch.float64))
+        out32 = net(x, torch.tensor([0.1, 0.5, 2.0]))
+    assert out64.dtype == torch.float32
+    torch.testing.assert_close(out64, out32, rtol=0, atol=0)
+
+
+def test_ddpm_sigmas_and_log_snr_ladders_defaults_written_out():
+    # Defaults n = 10, t_min = 0 on the default linear schedule, computed in plain Python floats:
+    # ddpm_sigmas at t = round(999 (1 - k / 9)) = 999, 888, ..., 0; the log-SNR ladder at the timesteps
+    # nearest to 10 targets evenly spaced from log SNR(999) to log SNR(0).
+    s = dl.linear_schedule()
+    betas = s.betas.tolist()
+    ab, p = [], 1.0
+    for b in betas:
+        p *= 1.0 - b
+        ab.append(p)
+    sig = lambda t: math.sqrt(1.0 - ab[t])  # noqa: E731
+    ts = [999 - 111 * k for k in range(10)]
+    assert dl.ddpm_sigmas(s).tolist() == pytest.approx([sig(t) for t in ts], rel=1e-6)
+    lsnr = [math.log(a / (1.0 - a)) for a in ab]
+    targets = [lsnr[-1] + k * (lsnr[0] - lsnr[-1]) / 9 for k in range(10)]
+    nearest = [min(range(1000), key=lambda t: abs(lsnr[t] - v)) for v in targets]
+    assert nearest[0] == 999 and nearest[-1] == 0
+    assert dl.log_snr_timesteps(s).tolist() == nearest
+    assert dl.log_snr_sigmas(s).tolist() == pytest.approx([sig(t) for t in nearest], rel=1e-6)
+
+
+def test_log_snr_timesteps_bounds_messages_and_a_repeated_timestep_at_n_2():
+    s = dl.linear_schedule(T=10, beta_start=0.01, beta_end=0.2)
+    assert dl.log_snr_timesteps(s, 1, 9).tolist() == [9]               # t_min = T - 1 with one level
+    for args, msg in [((3, -1), r"t_min must be an integer in \[0, 9\], got -1"),
+                      ((1, 10), r"t_min must be an integer in \[0, 9\], got 10"),
+                      ((0, 0), r"n must be an integer in \[1, 10\], got 0"),
+                      ((11, 0), r"n must be an integer in \[1, 10\], got 11"),
+                      ((9, 2), r"n must be an integer in \[1, 8\], got 9")]:
+        with pytest.raises(ValueError, match=f"^{msg}$"):
+            dl.log_snr_timesteps(s, *args)
+    # beta = 1e-17 leaves alpha_bar unchanged in float64 (1 - 1e-17 == 1), so log SNR(1) = log SNR(2):
+    # two levels down to t_min = 1 land on one timestep, which must be refused even for n = 2.
+    flat = dl.Schedule(torch.tensor([0.1, 0.2, 1e-17], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^n = 2 log-SNR levels down to t_min = 1 map two levels to the same "
+                                         r"timestep t = 1 on this schedule; use fewer levels$"):
+        dl.log_snr_timesteps(flat, 2, 1)
+
+
+def test_ddpm_score_model_one_instance_serves_float32_then_float64():
+    # sigma_t is the looked-up timestep's sqrt(1 - alpha_bar_t) in x's dtype, whatever dtype came first:
+    # with eps = 1 the score is -1 / sigma_t, computed here in float64 from the betas
+    s = dl.linear_schedule(T=20, beta_start=0.01, beta_end=0.3)
+    sm = dl.ddpm_score_model(lambda x, t, cond=None: torch.ones_like(x), s)
+    ab, p = [], 1.0
+    for b in s.betas.tolist():
+        p *= 1.0 - b
+        ab.append(p)
+    table = [math.sqrt(1.0 - a) for a in ab]
+    req = [0.5, 0.25, 0.9]
+    ts = [min(range(20), key=lambda t: abs(table[t] - r)) for r in req]
+    expected = torch.tensor([[-1 / table[t]] * 2 for t in ts], dtype=torch.float64)
+    out32 = sm(torch.zeros(3, 2), torch.tensor(req))
+    out64 = sm(torch.zeros(3, 2, dtype=torch.float64), torch.tensor(req))
+    assert out32.dtype == torch.float32 and out64.dtype == torch.float64
+    torch.testing.assert_close(out64, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(out32, expected.float())
+
+
+# ---- the simulated accelerator of tests/test_device_discipline.py ---------------------------------
+def test_score_samplers_and_nets_on_a_device_keep_sigma_there_and_give_the_cpu_numbers():
+    from test_device_discipline import FAKE, _check, _mlp, _schedule, _seeded, run_on_device, to_host
+
+    # annealed Langevin hands sigma to the model on x's device: a plain score function mixing it with x
+    # fails on a real accelerator when sigma is left on the CPU
+    score = lambda y, s: -y / (1 + s[:, None] ** 2)  # noqa: E731
+    x = torch.randn(4, 2, generator=_gen(67))
+    out, _ = run_on_device(lambda: dl.annealed_langevin_sample(score, [1.0, 0.5], x.to(FAKE), 0.01, 2, generator=_gen(68)))
+    assert torch.equal(to_host(out), dl.annealed_langevin_sample(score, [1.0, 0.5], x, 0.01, 2, generator=_gen(68)))
+    # ScoreMLP on the device, given sigma as a CPU tensor (0-d or (B,)); a Python number is moved the same
+    # way, but torch.as_tensor(number, device=...) bypasses the simulation, so it is not tried here
+    net = lambda: _seeded(lambda: dl.ScoreMLP(dim=2, hidden=16, depth=1, emb_dim=8))  # noqa: E731
+    with torch.no_grad():
+        ref = net()(x, 0.3)
+        for sig in (torch.tensor(0.3), torch.full((4,), 0.3)):
+            out, _ = run_on_device(lambda: net().to(FAKE)(x.to(FAKE), sig))
+            torch.testing.assert_close(to_host(out), ref, rtol=0, atol=0)
+
+    # a DDPM eps-model as a score model inside annealed Langevin: no sync per step (the table lookup stays
+    # on the device: it copied sigma to the CPU every call, a sync per step), the CPU numbers
+    def run(n, device):
+        def go():
+            sm = dl.ddpm_score_model(_mlp().to(device), _schedule(40))
+            return dl.annealed_langevin_sample(sm, dl.geometric_sigmas(1.0, 0.1, n), x.to(device), 0.01, 2,
+                                               generator=_gen(69))
+        return go
+    out, _ = _check("ddpm_score_model in annealed_langevin_sample", run(3, FAKE), run(6, FAKE))
+    torch.testing.assert_close(to_host(out), run(6, "cpu")(), rtol=0, atol=0)
+    # a float64 sigma given on the CPU is cast to float32 there, never moved to the device in float64
+    sig64 = torch.tensor([0.9, 0.5, 0.2, 0.05], dtype=torch.float64)
+    out, rec = run_on_device(lambda: dl.ddpm_score_model(_mlp().to(FAKE), _schedule(40))(x.to(FAKE), sig64))
+    assert not rec.float64, rec.float64
+    torch.testing.assert_close(to_host(out), dl.ddpm_score_model(_mlp(), _schedule(40))(x, sig64), rtol=0, atol=0)
+
+
+def test_dsm_loss_draws_the_levels_on_the_generator_device_else_on_x_device(monkeypatch):
+    # Real accelerators refuse a generator drawing on another device (torch.randint(generator=cpu_gen,
+    # device="cuda") raises), which the simulated device does not check: a spy does. The index of sigma is
+    # drawn on the generator's device (the book's CPU generator), without a generator on x's device (its
+    # own RNG, no host-to-device copy), as randn draws z; the levels are looked up on x's device.
+    from test_device_discipline import FAKE, run_on_device, to_host
+    real, drawn = torch.randint, []
+
+    def spy(*args, generator=None, device=None, **kw):
+        where = torch.device(device) if device is not None else torch.device("cpu")
+        if generator is not None:
+            assert where == generator.device, f"a {generator.device} generator asked to draw on {where}"
+        drawn.append(where)
+        return real(*args, generator=generator, device=device, **kw)
+    monkeypatch.setattr(torch, "randint", spy)
+    sm = lambda y, s: -y / (1 + s[:, None] ** 2)  # noqa: E731
+    x = torch.randn(16, 2, generator=_gen(70))
+    sigmas = [0.1, 0.5, 2.0]
+    loss, _ = run_on_device(lambda: dl.dsm_loss(sm, x.to(FAKE), sigmas, generator=_gen(71)))
+    assert drawn == [torch.device("cpu")]
+    torch.testing.assert_close(to_host(loss), dl.dsm_loss(sm, x, sigmas, generator=_gen(71)), rtol=0, atol=0)
+    drawn.clear()
+    loss, _ = run_on_device(lambda: dl.dsm_loss(sm, x.to(FAKE), sigmas))
+    assert drawn == [FAKE] and bool(torch.isfinite(to_host(loss)))
