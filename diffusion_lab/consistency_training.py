@@ -1,6 +1,6 @@
 """Training consistency models: consistency distillation from a teacher's probability-flow ODE (CD, Song et al.
 2023, Algorithm 2) and consistency training without a teacher (CT, Algorithm 3, with the improvements of Song &
-Dhariwal 2023: no EMA target, pseudo-Huber distance, lognormal noise levels, :math:`1 / (r_{n+1} - r_n)` weighting
+Dhariwal 2024: no EMA target, pseudo-Huber distance, lognormal noise levels, :math:`1 / (r_{n+1} - r_n)` weighting
 and the doubling discretisation curriculum). Both share train_ddpm's loop (seed, EMA, clipping, progress, divergence)."""
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def karras_times(path, n: int) -> torch.Tensor:
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sqrt(|a - b|^2 + c^2) - c per sample, c = 0.00054 sqrt(D) (Song & Dhariwal 2023, Sec. 3.3). Shape (B,)."""
+    """sqrt(|a - b|^2 + c^2) - c per sample, c = 0.00054 sqrt(D) (Song & Dhariwal 2024, Sec. 3.3). Shape (B,)."""
     c = 0.00054 * math.sqrt(a[0].numel())
     return torch.sqrt(((a - b) ** 2).flatten(1).sum(1) + c * c) - c
 
@@ -180,13 +180,13 @@ def consistency_distill(teacher, path, data: torch.Tensor, labels: torch.Tensor 
 
 def ct_schedule(step: int, total: int, s0: int = 10, s1: int = 1280) -> int:
     """Improved CT's discretisation curriculum N(k) = min(s0 2^floor(k / K'), s1) + 1 with
-    K' = floor(K / (log2(s1 / s0) + 1)) (Song & Dhariwal 2023, Sec. 3.4)."""
+    K' = floor(K / (log2(s1 / s0) + 1)) (Song & Dhariwal 2024, Sec. 3.4)."""
     k_prime = max(1, math.floor(total / (math.log2(s1 // s0) + 1)))
     return min(s0 * 2 ** (step // k_prime), s1) + 1
 
 
 def lognormal_weights(r: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:
-    r"""The lognormal noise levels of Song & Dhariwal 2023, Sec. 3.5, over the N - 1 intervals of r (increasing):
+    r"""The lognormal noise levels of Song & Dhariwal 2024, Sec. 3.5, over the N - 1 intervals of r (increasing):
 
     .. math::
 

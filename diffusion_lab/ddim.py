@@ -1,4 +1,4 @@
-"""DDIM: the non-Markovian sigma_t family and few-step sampling (Song et al. 2021, Eqs. 12 and 16)."""
+"""DDIM: the non-Markovian sigma_t family and few-step sampling (Song et al. 2021a, Eqs. 12 and 16)."""
 from __future__ import annotations
 
 import numpy as np
@@ -76,7 +76,7 @@ def _broadcast_to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def ddim_sigma(schedule: Schedule, t, t_prev, eta: float, like: torch.Tensor) -> torch.Tensor:
-    r"""The DDIM noise level :math:`\sigma_t(\eta)` (Song et al. 2021, Eq. 16).
+    r"""The DDIM noise level :math:`\sigma_t(\eta)` (Song et al. 2021a, Eq. 16).
 
     .. math::
 
@@ -178,7 +178,7 @@ def _check_pair(schedule, t, t_prev):
 
 def ddim_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t, t_prev, eta: float = 0.0,
               noise: torch.Tensor | None = None, clip_x0: float | None = None) -> torch.Tensor:
-    r"""One DDIM step :math:`x_t \to x_{t_\text{prev}}` (Song et al. 2021, Eq. 12).
+    r"""One DDIM step :math:`x_t \to x_{t_\text{prev}}` (Song et al. 2021a, Eq. 12).
 
     .. math::
 
@@ -243,7 +243,7 @@ def ddim_step(schedule: Schedule, xt: torch.Tensor, eps: torch.Tensor, t, t_prev
 def ddim_sample(model, schedule: Schedule, shape, steps: int = 50, eta: float = 0.0, cond=None,
                 generator: torch.Generator | None = None, callback=None, *, xT: torch.Tensor | None = None,
                 device=None, spacing: str = "trailing", clip_x0: float | None = None, progress: bool = False) -> torch.Tensor:
-    r"""DDIM sampling over ``steps`` timesteps (Song et al. 2021, Eq. 12).
+    r"""DDIM sampling over ``steps`` timesteps (Song et al. 2021a, Eq. 12).
 
     The first step divides by :math:`\sqrt{\bar\alpha_{T-1}}`: about 6e-3 for the linear schedule but 5e-5
     for the cosine one (T = 1000), so a model's :math:`\epsilon` error there is multiplied by about 2e4.

@@ -29,7 +29,7 @@ def two_step_target(teacher, c1, c2, zt, t, t_mid, cond=None) -> torch.Tensor:
     (ddim._ddim_coefficients, cast, broadcastable against zt); t, t_mid: the integer timesteps (B,)."""
     sqrt_1m_ab, sqrt_ab = c1[0], c1[1]
     a2, s2 = c2[2], c2[3]                                             # alpha and sigma of t''
-    # 1.-2. two deterministic DDIM steps of the teacher (Song et al. 2021, Eq. 12 with sigma = 0)
+    # 1.-2. two deterministic DDIM steps of the teacher (Song et al. 2021a, Eq. 12 with sigma = 0)
     z_mid, _ = _ddim_update(c1, zt, teacher(zt, t, cond), None, None)
     z_end, _ = _ddim_update(c2, z_mid, teacher(z_mid, t_mid, cond), None, None)
     # 3. z_t'' = a'' x~ + s'' (z_t - a_t x~) / s_t solved for x~, then eps~ = (z_t - a_t x~) / s_t

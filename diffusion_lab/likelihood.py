@@ -1,5 +1,5 @@
 r"""Exact log-likelihoods by the probability-flow ODE and the instantaneous change of variables
-(Chen et al. 2018, Theorem 1; Song et al. 2021, Eq. 39):
+(Chen et al. 2018, Theorem 1; Song et al. 2021b, Eq. 39):
 :math:`\log p_0(x) = \log p_1(x_1) + \int_0^1 \nabla\cdot u(x_t, t)\,dt`, with the divergence exact (autograd,
 :math:`D` backward passes) or Hutchinson's unbiased estimate :math:`\mathbb E[z^\top (\partial u/\partial x)\,z]`
 (Grathwohl et al. 2019), one probe :math:`z` per sample for the whole solve.
@@ -21,7 +21,7 @@ DIVERGENCES = ("exact", "hutchinson")
 
 def ode_log_likelihood(model, path, x: torch.Tensor, prediction: str = "eps", steps: int = 100, cond=None,
                        divergence: str = "exact", generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""Exact log-likelihood :math:`\log p_0(x)` in nats by the probability-flow ODE (Song et al. 2021, Eq. 39).
+    r"""Exact log-likelihood :math:`\log p_0(x)` in nats by the probability-flow ODE (Song et al. 2021b, Eq. 39).
 
     The instantaneous change of variables (Chen et al. 2018, Theorem 1),
     :math:`\log p_0(x) = \log p_1(x_1) + \int_0^1 \nabla\cdot u(x_t, t)\,dt`, integrated for

@@ -1,4 +1,4 @@
-r"""The probability-flow ODE :math:`dx/dt = \alpha'(t)\,\hat x_0 + \sigma'(t)\,\hat\epsilon` (Song et al. 2021, Eq. 13,
+r"""The probability-flow ODE :math:`dx/dt = \alpha'(t)\,\hat x_0 + \sigma'(t)\,\hat\epsilon` (Song et al. 2021b, Eq. 13,
 written on the path :math:`x_t = \alpha x_0 + \sigma\epsilon`), solved from :math:`t = t_\max` to :math:`t = 0` with
 Euler, Heun, classical RK4 or DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2). One right-hand side serves
 every path and prediction.
@@ -44,7 +44,7 @@ def check_start(path, prediction):
 def ode_sample(model, path, shape, steps: int = 50, method: str = "heun", prediction: str = "eps", cond=None,
                generator: torch.Generator | None = None, x_T: torch.Tensor | None = None, callback=None, *,
                spacing: str = "uniform", device=None) -> torch.Tensor:
-    r"""Sample by solving the probability-flow ODE from :math:`t = t_\max` to :math:`t = 0` (Song et al. 2021, Eq. 13).
+    r"""Sample by solving the probability-flow ODE from :math:`t = t_\max` to :math:`t = 0` (Song et al. 2021b, Eq. 13).
 
     On the path the ODE reads :math:`dx/dt = \alpha'(t)\,\hat x_0 + \sigma'(t)\,\hat\epsilon`; it starts from
     :math:`x_T \sim \sigma(t_\max)\,\mathcal N(0, I)` (or the given ``x_T``) and runs over the times

@@ -128,7 +128,7 @@ class GaussianPath:
 
 @dataclass(frozen=True)
 class VPPath(GaussianPath):
-    r"""The variance-preserving path (Song et al. 2021, Eq. 32).
+    r"""The variance-preserving path (Song et al. 2021b, Eq. 32).
 
     :math:`\beta(t) = \beta_\min + t(\beta_\max - \beta_\min)`, :math:`\alpha = \exp(-\tfrac12\int_0^t \beta)`,
     :math:`\sigma = \sqrt{1 - \alpha^2}`; :math:`f = -\beta/2`, :math:`g^2 = \beta`. :math:`\sigma'(0)` is
@@ -193,7 +193,7 @@ class VPPath(GaussianPath):
 
 @dataclass(frozen=True)
 class VEPath(GaussianPath):
-    r"""The variance-exploding path (Song et al. 2021, Eq. 30).
+    r"""The variance-exploding path (Song et al. 2021b, Eq. 30).
 
     :math:`\alpha = 1`, :math:`\sigma(t) = \sigma_\min (\sigma_\max/\sigma_\min)^t`; :math:`f = 0`,
     :math:`g^2 = 2\sigma^2 \log(\sigma_\max/\sigma_\min)`. Not singular; the prior :math:`\mathcal N(0, \sigma_\max^2 I)`
@@ -356,7 +356,7 @@ class SchedulePath(GaussianPath):
 
 
 def vp_path(beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) -> VPPath:
-    r"""A :class:`VPPath` (Song et al. 2021's VP SDE), the default continuous-time diffusion.
+    r"""A :class:`VPPath` (Song et al. 2021b's VP SDE), the default continuous-time diffusion.
 
     Parameters
     ----------
@@ -380,7 +380,7 @@ def vp_path(beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) 
 
 
 def ve_path(sigma_min: float = 0.01, sigma_max: float = 50.0) -> VEPath:
-    r"""A :class:`VEPath` (Song et al. 2021's VE SDE).
+    r"""A :class:`VEPath` (Song et al. 2021b's VE SDE).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Predictor-corrector sampling (Song et al. 2021, Algorithms 1, 4 and 5): a reverse-SDE or probability-flow
+"""Predictor-corrector sampling (Song et al. 2021b, Algorithms 1, 4 and 5): a reverse-SDE or probability-flow
 step (the predictor) followed by Langevin steps at the new time (the corrector, chapter 9's sampler with the
 score of p_t), the step size set by a signal-to-noise ratio."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ PREDICTORS = ("sde", "ode")
 def langevin_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float) -> float:
     """The corrector's step size :math:`\\epsilon = 2 (r \\, \\overline{\\|z\\|} / \\overline{\\|s\\|})^2`.
 
-    Song et al. 2021, Algorithm 5 with :math:`\\alpha_i = 1`: the bars are batch means of the per-sample norms,
+    Song et al. 2021b, Algorithm 5 with :math:`\\alpha_i = 1`: the bars are batch means of the per-sample norms,
     so that the noise :math:`\\sqrt{2\\epsilon}\\,z` is about :math:`\\sqrt{2}\\, r` times the drift
     :math:`\\epsilon s`.
 
@@ -128,7 +128,7 @@ def langevin_correct(model, path, x: torch.Tensor, t: float, n_steps: int = 1, s
 def pc_sample(model, path, shape, steps: int = 100, corrector_steps: int = 1, snr: float = 0.16,
               predictor: str = "sde", prediction: str = "eps", cond=None, generator: torch.Generator | None = None,
               x_T: torch.Tensor | None = None, callback=None, *, device=None) -> torch.Tensor:
-    """Predictor-corrector sampler over ``time_grid(path, steps)`` (Song et al. 2021, Algorithm 1).
+    """Predictor-corrector sampler over ``time_grid(path, steps)`` (Song et al. 2021b, Algorithm 1).
 
     The predictor is one Euler-Maruyama step of the reverse SDE (``"sde"``, as :func:`sde_sample`) or one Euler
     step of the probability-flow ODE (``"ode"``); after it, unless the new time is 0, `corrector_steps` Langevin

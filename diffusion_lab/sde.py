@@ -1,5 +1,5 @@
 r"""The reverse-time SDE :math:`dx = [f(t)\,x - g(t)^2\,\nabla\log p_t(x)]\,dt + g(t)\,d\bar w` (Anderson 1982;
-Song et al. 2021, Eq. 6), integrated from :math:`t = t_\max` to 0 by Euler-Maruyama; the last step, into
+Song et al. 2021b, Eq. 6), integrated from :math:`t = t_\max` to 0 by Euler-Maruyama; the last step, into
 :math:`t = 0`, is the denoiser.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .predictions import to_pair
 def sde_sample(model, path, shape, steps: int = 500, prediction: str = "eps", cond=None,
                generator: torch.Generator | None = None, x_T: torch.Tensor | None = None, callback=None, *,
                device=None) -> torch.Tensor:
-    r"""Sample the reverse-time SDE by Euler-Maruyama (Anderson 1982; Song et al. 2021, Eq. 6).
+    r"""Sample the reverse-time SDE by Euler-Maruyama (Anderson 1982; Song et al. 2021b, Eq. 6).
 
     .. math:: dx = \big[f(t)\,x - g(t)^2\,\nabla\log p_t(x)\big]\,dt + g(t)\,d\bar w,
 
