@@ -27,8 +27,9 @@ def time_grid(path, steps: int) -> list[float]:
 
 
 def coefficients(path, ts) -> list[tuple]:
-    """(alpha, sigma, alpha', sigma') per time as Python floats, computed in float64."""
-    t = torch.tensor(ts, dtype=torch.float64).clamp(min=path.t_min if path.t_min > 0 else 1e-12)
+    """(alpha, sigma, alpha', sigma') per time as Python floats, computed in float64 at that time (t = 0, where a
+    path may be singular, at 1e-12; it is only ever a denoising step's target there)."""
+    t = torch.tensor(ts, dtype=torch.float64).clamp(min=1e-12)
     c = torch.stack([path.alpha(t), path.sigma(t), path.d_alpha(t), path.d_sigma(t)], 1)
     return [tuple(row) for row in c.tolist()]
 

@@ -8,7 +8,7 @@ import torch
 
 import diffusion_lab as dl
 from diffusion_lab.dpm_solver import dpm_solver_timesteps
-from diffusion_lab.ode import time_grid
+from diffusion_lab.ode import coefficients, time_grid
 
 M, C = torch.tensor([0.7, -0.7], dtype=torch.float64), 0.5
 GAUSS = dl.GaussianMixture(M[None], stds=C)
@@ -319,3 +319,224 @@ def test_dpm_solver_defaults_to_20_steps_and_reports_x0_hat():
     assert [c["i"] for c in calls] == list(range(20)) and [c["t"] for c in calls] == dpm_solver_timesteps(100, 20)
     torch.testing.assert_close(calls[-1]["x0_hat"], x)
     assert not torch.allclose(calls[-2]["x0_hat"], calls[-1]["x0_hat"])
+
+
+# ---- survivors of the mutation run of ode, sde, dpm_solver and discrete (issue 17) -------------------
+def _vp_row(t, b0=0.1, b1=20.0):
+    """(alpha, sigma, alpha', sigma') of the VP path (Song et al. 2021, Eq. 33) written out with math:
+    alpha = exp(-B/2), B = b0 t + (b1 - b0) t^2 / 2, sigma = sqrt(1 - alpha^2), beta = B'."""
+    B, beta = b0 * t + 0.5 * (b1 - b0) * t * t, b0 + (b1 - b0) * t
+    a, s = math.exp(-0.5 * B), math.sqrt(-math.expm1(-B))
+    return a, s, -0.5 * beta * a, 0.5 * beta * a * a / s
+
+
+@pytest.mark.parametrize("method", ["euler", "heun", "rk4", "dpm++2m"])
+def test_ode_solve_uses_the_path_at_each_time_also_below_t_min(method):
+    """coefficients() is the path at each time, in float64 (VP written out with math, to 1e-14), below t_min too:
+    ode_solve takes any times in [0, 1] and calls the model there. Library bug found by mutation (fixed):
+    every time was clamped to t_min (VP: 1e-3), so on a grid below it eps was converted with sigma(t_min) and
+    the state barely moved (4e-5 off the closed form), and dpm++2m divided by a zero log-SNR step. Ten steps
+    5e-4 -> 2e-4 and back for data N(M, C^2 I), whose flow keeps (x - alpha M) / sqrt(alpha^2 C^2 + sigma^2)
+    fixed: within 1e-6 (measured 2e-7 euler, 4e-7 dpm++2m, 1e-12 heun, 4e-16 rk4)."""
+    p = dl.vp_path()
+    ts = [0.7, 0.3, 2e-3, 4e-4, 1e-4]
+    for row, t in zip(coefficients(p, ts), ts):
+        assert row == pytest.approx(_vp_row(t), rel=1e-14, abs=0)
+
+    def at(t, z):
+        a, s = _vp_row(t)[:2]
+        return a * M + math.sqrt(a * a * C * C + s * s) * z
+    z = torch.randn(20, 2, generator=_gen(71), dtype=torch.float64)
+    for grid in (torch.linspace(5e-4, 2e-4, 11).tolist(), torch.linspace(2e-4, 5e-4, 11).tolist()):
+        out = dl.ode_solve(GAUSS.path_model(p, "eps"), p, at(grid[0], z), grid, method=method)
+        err = float((out - at(grid[-1], z)).abs().max())
+        assert err < 1e-6, (method, err)
+
+
+def test_eps_and_score_are_refused_where_alpha_is_zero_with_the_whole_message():
+    """check_start (ode_sample, sde_sample) and ode_solve refuse both predictions that need alpha > 0 to give
+    x0, with the advice in full."""
+    advice = "; use a path with t_max < 1, e.g. linear_path(t_max=0.999), or an x0/v/velocity model"
+    for pred in ("eps", "score"):
+        with pytest.raises(ValueError) as e:
+            dl.ode_sample(_model, dl.linear_path(), (4, 2), prediction=pred)
+        assert str(e.value) == f"prediction '{pred}' cannot give x0 where alpha(t) = 0 (t_max = 1.0)" + advice
+        with pytest.raises(ValueError) as e:
+            dl.ode_solve(_model, dl.linear_path(), torch.zeros(4, 2), [0.5, 1.0], prediction=pred)
+        assert str(e.value) == f"prediction '{pred}' cannot give x0 where alpha(t) = 0 (t = 1.0)"
+    with pytest.raises(ValueError) as e:
+        dl.sde_sample(_model, dl.linear_path(), (4, 2))                     # the default prediction, eps
+    assert str(e.value) == "prediction 'eps' cannot give x0 where alpha(t) = 0 (t_max = 1.0)" + advice
+
+
+@pytest.mark.parametrize("times", [[0.5, 0.5, 0.2], [0.2, 0.2, 0.5], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.45]])
+def test_ode_solve_refuses_times_that_are_not_strictly_monotone(times):
+    # a repeated time either way; a grid that turns back after six times (the message shows the first six)
+    with pytest.raises(ValueError) as e:
+        dl.ode_solve(_model, PATHS["vp"], torch.zeros(4, 2), times)
+    assert str(e.value) == f"times must be at least two strictly increasing or decreasing numbers in [0, 1], got {times[:6]}"
+
+
+def test_samplers_check_the_callback_pass_cond_and_report_their_steps():
+    """Every sampler checks the callback up front (not a TypeError from calling it mid-run), passes cond to every
+    model call, and reports each step's keys; dpm_solver_sample calls the model at integer timesteps
+    round(linspace(0, T - 1, steps + 1)) from the top (T = 20, 3 steps: 19, 12.67 -> 13, 6.33 -> 6);
+    ode_sample makes 2 * 50 - 1 Heun calls by default."""
+    s, cond = dl.linear_schedule(T=20), torch.tensor([1, 0, 3, 2])
+    runs = {
+        "ode_sample": lambda m, **kw: dl.ode_sample(m, PATHS["vp"], (4, 2), steps=3, generator=_gen(0), **kw),
+        "ode_solve": lambda m, **kw: dl.ode_solve(m, PATHS["vp"], torch.ones(4, 2), [0.8, 0.5, 0.2, 0.1], **kw),
+        "sde_sample": lambda m, **kw: dl.sde_sample(m, PATHS["vp"], (4, 2), steps=3, generator=_gen(0), **kw),
+        "dpm_solver_sample": lambda m, **kw: dl.dpm_solver_sample(m, s, (4, 2), steps=3, generator=_gen(0), **kw),
+    }
+    keys = {"i", "t", "t_next", "x", "x0_hat"}
+    for name, run in runs.items():
+        with pytest.raises(TypeError) as e:
+            run(_model, callback=3)
+        assert str(e.value) == "callback must be callable or None, got int", name
+        seen, calls = [], []
+
+        def spy(x, t, c=None):
+            seen.append((t, c))
+            return 0.5 * x
+        out = run(spy, cond=cond, callback=calls.append)
+        assert seen and all(c is cond for _, c in seen), name
+        assert len(calls) == 3 and [c["i"] for c in calls] == [0, 1, 2], name
+        assert set(calls[0]) == (keys - {"t_next"} if name == "dpm_solver_sample" else keys), name
+        assert calls[-1]["x"] is out, name
+    assert [t.dtype for t, _ in seen] == [torch.long] * 3 and [t.tolist() for t, _ in seen] == [[19] * 4, [13] * 4, [6] * 4]
+    seen.clear()
+    dl.ode_sample(lambda x, t, c=None: seen.append(t) or 0 * x, PATHS["vp"], (1, 2), generator=_gen(0))
+    assert len(seen) == 99
+
+
+def test_ode_solve_euler_is_the_euler_step():
+    """Linear path, a velocity model u(x, t) = -(1 + t) x in float64: x <- x + (t_next - t) u(x, t), written out."""
+    x = torch.randn(3, 2, generator=_gen(70), dtype=torch.float64)
+    ts = [0.9, 0.6, 0.2]
+    out = dl.ode_solve(lambda y, t, c=None: -(1 + t[:, None]) * y, dl.linear_path(), x, ts, method="euler",
+                       prediction="velocity")
+    ref = x
+    for t, tn in zip(ts[:-1], ts[1:]):
+        ref = ref + (tn - t) * (-(1 + t) * ref)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["ddim", "dpm++2m"])
+def test_ode_solve_steps_from_alpha_zero_are_ddim_steps(method):
+    """On the linear path from t = 1, where alpha = 0 (lambda = -inf), with an x0-model: each step is DDIM's
+    x' = alpha' x0_hat + sigma' (x - alpha x0_hat) / sigma, written out (for dpm++2m the second step too: the
+    previous log-SNR step is infinite, so r = h_prev / h drops the correction)."""
+    x = torch.randn(3, 2, generator=_gen(72), dtype=torch.float64)
+    ts = [1.0, 0.6, 0.3]
+    out = dl.ode_solve(lambda y, t, c=None: 0.5 * y + 0.1 * t[:, None], dl.linear_path(), x, ts, method=method,
+                       prediction="x0")
+    ref = x
+    for t, tn in zip(ts[:-1], ts[1:]):
+        x0 = 0.5 * ref + 0.1 * t
+        ref = (1 - tn) * x0 + tn * (ref - (1 - t) * x0) / t
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sampler, method, bad_call, where", [
+    ("ode", "heun", 2, r"step 0 \(t = 0.6667\)"), ("ode", "rk4", 2, r"step 0 \(t = 0.8333\)"),
+    ("ode", "rk4", 3, r"step 0 \(t = 0.8333\)"), ("ode", "rk4", 4, r"step 0 \(t = 0.6667\)"),
+    ("sde", None, 2, r"step 1 \(t = 0.5005\)")])
+def test_a_broken_model_inside_a_step_is_named_with_that_step(sampler, method, bad_call, where):
+    """NaN from the n-th model call: Heun's second stage and RK4's k2, k3 (at the midpoint) and k4 belong to
+    step 0 of the grid 1, 2/3, 1/3, 0 (linear path); the SDE's grid on VP is 1, 0.5005, 0.001, 0."""
+    calls = []
+
+    def model(x, t, c=None):
+        calls.append(t)
+        return torch.full_like(x, float("nan")) if len(calls) == bad_call else torch.zeros_like(x)
+    with pytest.raises(ValueError, match=rf"^model output at {where} is not finite"):
+        if sampler == "ode":
+            dl.ode_sample(model, PATHS["linear"], (4, 2), steps=3, method=method, prediction="velocity", generator=_gen(0))
+        else:
+            dl.sde_sample(model, PATHS["vp"], (4, 2), steps=3, generator=_gen(0))
+
+
+def test_sde_in_float64_draws_float64_noise_and_reports_each_step():
+    """The Euler-Maruyama replay of test_sde_euler_maruyama_replays_by_hand for a float64 x_T: the noise is drawn
+    in float64 (a float32 draw gives other numbers), and the callback reports t, t_next, the new x and x0_hat.
+    The grid is written out: uniform from t_max = 1 to t_min = 1e-3, then 0."""
+    path = dl.vp_path()
+
+    def model(x, t, cond=None):
+        return path.sigma(t).to(x.dtype)[:, None] * x
+    x_T = torch.randn(3, 2, generator=_gen(63), dtype=torch.float64)
+    calls = []
+    out = dl.sde_sample(model, path, (3, 2), steps=4, generator=_gen(64), x_T=x_T, callback=calls.append)
+    ts = [1.0, 1 - 0.999 / 3, 1 - 2 * 0.999 / 3, 1e-3, 0.0]
+    g, x = _gen(64), x_T
+    for i, (t, tn) in enumerate(zip(ts[:-1], ts[1:])):
+        a, s, _, _ = _vp_row(t)
+        beta = 0.1 + 19.9 * t
+        f, g2 = -beta / 2, beta                                    # VP: f = -beta/2, g^2 = beta
+        x0 = (x - s * (s * x)) / a
+        if tn == 0:
+            x = x0
+        else:
+            x = x + (f * x + g2 * x) * (tn - t) + math.sqrt(g2 * (t - tn)) * torch.randn(3, 2, generator=g, dtype=torch.float64)
+        c = calls[i]
+        assert set(c) == {"i", "t", "t_next", "x", "x0_hat"} and c["i"] == i
+        assert c["t"] == pytest.approx(t, abs=1e-15) and c["t_next"] == pytest.approx(tn, abs=1e-15)
+        torch.testing.assert_close(c["x0_hat"], x0, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(c["x"], x, rtol=1e-12, atol=1e-12)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, x, rtol=1e-12, atol=1e-12)
+
+
+def test_dpm_solver_timesteps_are_the_rounded_linspace():
+    """round((T - 1) k / steps) for k = steps, ..., 1, checked in exact arithmetic away from exact halves (at those
+    the float rounding decides); T = 4000 with 2681 steps is where a float32 linspace is off by one (k = 1549)."""
+    from fractions import Fraction
+    for T, steps in [(4000, 2681), (1000, 20), (20, 3)]:
+        got = dpm_solver_timesteps(T, steps)
+        exact = [Fraction((T - 1) * k, steps) for k in range(steps, 0, -1)]
+        assert len(got) == steps
+        assert [g for g, q in zip(got, exact) if q.denominator != 2] == [round(q) for q in exact if q.denominator != 2]
+
+
+def test_discrete_model_above_the_schedules_log_snr_and_a_bad_path():
+    """VP's log-SNR at t = 1e-4 and 5e-5 (11.5, 12.9) is above every timestep's (n = 0: log(0.9999 / 1e-4) = 9.2):
+    the nearest is n = 0, and x is rescaled by sqrt(1 - 1e-4) / alpha_VP(t)."""
+    s, p = dl.linear_schedule(), dl.vp_path()
+    with pytest.raises(TypeError) as e:
+        dl.discrete_model(_model, s, "vp")
+    assert str(e.value) == "path must be a diffusion_lab path or None, got str"
+    seen = {}
+
+    def spy(x, n, cond=None):
+        seen["x"], seen["n"] = x, n
+        return torch.zeros_like(x)
+    x = torch.randn(2, 2, generator=_gen(73), dtype=torch.float64)
+    dl.discrete_model(spy, s, p)(x, torch.tensor([1e-4, 5e-5], dtype=torch.float64))
+    assert seen["n"].tolist() == [0, 0]
+    scale = torch.tensor([math.sqrt(1 - 1e-4) / _vp_row(t)[0] for t in (1e-4, 5e-5)], dtype=torch.float64)
+    torch.testing.assert_close(seen["x"], x * scale[:, None], rtol=1e-12, atol=0)
+
+
+def test_samplers_run_on_the_device_they_are_given_and_the_adapter_stays_there():
+    """On the simulated accelerator of tests/test_device_discipline.py: a parameterless model and device= put
+    ode_sample, sde_sample and dpm_solver_sample on the device; discrete_model hands the network x and the
+    timesteps on x's device (a CPU scale or CPU timesteps are refused there, as on a real accelerator)."""
+    from test_device_discipline import FAKE, OnDevice, run_on_device
+    s, ns = dl.linear_schedule(T=20), []
+
+    def half(x, t, cond=None):
+        return 0.5 * x
+
+    def net(x, n, cond=None):
+        ns.append(n)
+        return 0.5 * x
+    runs = [lambda: dl.ode_sample(half, PATHS["vp"], (4, 2), steps=2, generator=_gen(0), device=FAKE),
+            lambda: dl.sde_sample(half, PATHS["vp"], (4, 2), steps=2, generator=_gen(0), device=FAKE),
+            lambda: dl.dpm_solver_sample(half, s, (4, 2), steps=2, generator=_gen(0), device=FAKE),
+            lambda: dl.ode_sample(dl.discrete_model(net, s), dl.schedule_path(s), (4, 2), steps=2, method="dpm++2m",
+                                  generator=_gen(0), device=FAKE)]
+    for run in runs:
+        out, _ = run_on_device(run)
+        assert isinstance(out, OnDevice)
+    assert ns and all(isinstance(n, OnDevice) and n.dtype == torch.long for n in ns)
