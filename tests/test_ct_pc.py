@@ -117,3 +117,156 @@ def test_bad_input():
         dl.langevin_step_size(torch.ones(4, 2), torch.ones(4, 3), 0.1)
     with pytest.raises(ValueError, match="score is zero"):
         dl.langevin_step_size(torch.zeros(4, 2), torch.ones(4, 2), 0.1)
+
+
+# ---- survivors of the mutation run on pc.py (issue 17) --------------------------------------------------------
+def _std_normal_eps(path, calls=None):
+    """The exact eps-model for data N(0, I) on a VP path (x_t ~ N(0, I) at every t): E[eps | x_t] = sigma_t x_t, so
+    the score is -x_t. Records (t, cond) of every call."""
+    def model(x, t, cond=None):
+        if calls is not None:
+            calls.append((float(t[0]), cond))
+        return path.sigma(t).to(x.dtype)[:, None] * x
+    return model
+
+
+def _langevin_by_hand(x, score, snr, g):
+    """One corrector step (Song et al. 2021, Algorithm 5 with alpha_i = 1): eps = 2 (r mean||z|| / mean||s||)^2."""
+    z = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    eps = 2 * (snr * float(z.norm(dim=1).mean()) / float(score.norm(dim=1).mean())) ** 2
+    return x + eps * score + math.sqrt(2 * eps) * z
+
+
+@pytest.mark.parametrize("predictor", ["sde", "ode"])
+def test_pc_sample_replays_by_hand_with_the_default_corrector(predictor):
+    """Algorithm 1 written out in float64 for data N(0, I) on VP (score -x, x0_hat = (x - sigma^2 x) / alpha), with
+    the default corrector (one step, snr 0.16), over t_max = 1 ... t_min = 1e-3 (4 uniform times) and then 0:
+    predictor x + (f x - g^2 s) h + sqrt(-g^2 h) z (SDE) or x + h (alpha' x0_hat + sigma' eps) (ODE), h = t_next - t,
+    then the Langevin step at t_next unless t_next = 0, where the step returns x0_hat. The given x_T is the start,
+    cond reaches every call, all noise is float64 from `generator`, the callback reports each step."""
+    path = dl.vp_path()
+    x_T = torch.randn(6, 2, generator=_gen(80), dtype=torch.float64)
+    cond, calls, seen = torch.tensor([0, 1, 0, 1, 0, 1]), [], []
+    out = dl.pc_sample(_std_normal_eps(path, calls), path, (6, 2), steps=4, predictor=predictor, cond=cond,
+                       generator=_gen(81), x_T=x_T, callback=seen.append)
+    ts = torch.linspace(1.0, 1e-3, 4, dtype=torch.float64).tolist() + [0.0]
+    g, x, expected = _gen(81), x_T.clone(), []
+    for i in range(4):
+        t, tn = ts[i], ts[i + 1]
+        tt = torch.tensor(t, dtype=torch.float64)
+        a, s, da, ds, f, g2 = (float(v(tt)) for v in (path.alpha, path.sigma, path.d_alpha, path.d_sigma, path.f, path.g2))
+        x0 = (x - s * s * x) / a
+        if tn == 0:
+            x_new = x0
+        else:
+            h = tn - t
+            if predictor == "sde":
+                x_new = x + (f * x + g2 * x) * h + math.sqrt(-g2 * h) * torch.randn(6, 2, generator=g, dtype=torch.float64)
+            else:
+                x_new = x + h * (da * x0 + ds * s * x)
+            x_new = _langevin_by_hand(x_new, -x_new, 0.16, g)
+        expected.append((i, t, tn, x_new, x0))
+        x = x_new
+    torch.testing.assert_close(out, x, rtol=1e-10, atol=1e-10)
+    assert len(calls) == 7 and all(c is cond for _, c in calls)
+    assert [(c["i"], c["t"], c["t_next"]) for c in seen] == [e[:3] for e in expected]
+    for c, e in zip(seen, expected):
+        assert set(c) == {"i", "t", "t_next", "x", "x0_hat"}
+        torch.testing.assert_close(c["x"], e[3], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(c["x0_hat"], e[4], rtol=1e-10, atol=1e-10)
+
+
+def test_pc_sample_defaults_and_a_single_step():
+    """Defaults: 100 predictor steps and 1 corrector step after each but the last, 100 + 99 = 199 calls; steps = 1 is
+    allowed: the one step goes to t = 0 and returns x0_hat = (x - sigma^2 x) / alpha = alpha x at t_max (VP)."""
+    path, calls = dl.vp_path(), []
+    dl.pc_sample(_std_normal_eps(path, calls), path, (2, 2), generator=_gen(82))
+    assert len(calls) == 199
+    x_T = torch.randn(3, 2, generator=_gen(83), dtype=torch.float64)
+    out = dl.pc_sample(_std_normal_eps(path), path, (3, 2), steps=1, x_T=x_T)
+    torch.testing.assert_close(out, float(path.alpha(1.0)) * x_T, rtol=1e-9, atol=1e-12)     # 1 - sigma^2 cancels
+
+
+def test_langevin_correct_defaults_replayed_by_hand_where_sigma_is_1():
+    """The default corrector (one step, snr 0.16) in float64 on VE(0.01, 1) at t = 1, where sigma = 1, alpha = 1
+    (allowed: the score is undefined only where sigma or alpha is 0). Data N(0, I): x_t ~ N(0, 2 I), eps_hat =
+    x / 2, score -x / 2; cond reaches the model."""
+    path, calls = dl.ve_path(0.01, 1.0), []
+
+    def model(x, t, cond=None):
+        calls.append(cond)
+        return path.sigma(t).to(x.dtype)[:, None] * x / (1 + path.sigma(t).to(x.dtype)[:, None] ** 2)
+    x = math.sqrt(2) * torch.randn(5, 2, generator=_gen(84), dtype=torch.float64)
+    cond = torch.tensor([1, 0, 1, 0, 1])
+    out = dl.langevin_correct(model, path, x, 1.0, cond=cond, generator=_gen(85))
+    torch.testing.assert_close(out, _langevin_by_hand(x, -x / 2, 0.16, _gen(85)), rtol=1e-12, atol=1e-12)
+    assert len(calls) == 1 and calls[0] is cond
+
+
+def test_step_size_rule_for_a_small_score():
+    """Mean score norm below 1 (0.5) is a valid score: eps = 2 (r mean||z|| / mean||s||)^2 = 2 (0.5 * 1.5 / 0.5)^2."""
+    score = torch.tensor([[0.3, 0.4], [0.0, 0.5]])          # norms 0.5, 0.5
+    noise = torch.tensor([[1.0, 0.0], [0.0, 2.0]])          # norms 1, 2
+    assert dl.langevin_step_size(score, noise, 0.5) == pytest.approx(2 * (0.5 * 1.5 / 0.5) ** 2)
+
+
+def _m(x, t, cond=None):
+    return torch.zeros_like(x)
+
+
+_SNR = r"^snr must be in \(0, inf\], got {}$"
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: dl.pc_sample(_m, dl.vp_path(), (4, 2), steps=0), r"^steps must be an integer in \[1, inf\], got 0$"),
+    (lambda: dl.pc_sample(_m, dl.vp_path(), (4, 2), corrector_steps=-1),
+     r"^corrector_steps must be an integer in \[0, inf\], got -1$"),
+    (lambda: dl.pc_sample(_m, dl.vp_path(), (4, 2), snr=0.0), _SNR.format("0.0")),
+    (lambda: dl.pc_sample(_m, dl.linear_path(), (4, 2)), r"^prediction 'eps' cannot give x0 where alpha\(t\) = 0 "
+                                                         r"\(t_max = 1.0\); use a path with t_max < 1"),
+    (lambda: dl.pc_sample(_m, dl.vp_path(), (4, 2), callback=5), r"^callback must be callable or None, got int$"),
+    (lambda: dl.langevin_step_size(torch.ones(4, 2), torch.ones(4, 2), 0.0), _SNR.format("0.0")),
+    (lambda: dl.langevin_step_size(torch.ones(4, 2), torch.ones(4, 2), -1.0), _SNR.format("-1.0")),
+    (lambda: dl.langevin_step_size([[1.0, 1.0]], torch.ones(1, 2), 0.1), r"^score must be a torch.Tensor, got list$"),
+    (lambda: dl.langevin_step_size(torch.ones(1, 2), [[1.0, 1.0]], 0.1), r"^noise must be a torch.Tensor, got list$"),
+    (lambda: dl.langevin_step_size(torch.zeros(4, 2), torch.ones(4, 2), 0.1),
+     r"^score is zero for the whole batch: the SNR rule gives no step size$"),
+    (lambda: dl.langevin_correct(_m, dl.vp_path(), [[1.0, 1.0]], 0.5), r"^x must be a torch.Tensor, got list$"),
+    (lambda: dl.langevin_correct(_m, dl.vp_path(), torch.zeros(4, 2), 1.5), r"^t must be in \(0, 1\], got 1.5$"),
+    (lambda: dl.langevin_correct(_m, dl.vp_path(), torch.zeros(4, 2), 0.5, n_steps=0),
+     r"^n_steps must be an integer in \[1, inf\], got 0$"),
+    (lambda: dl.langevin_correct(_m, dl.vp_path(), torch.zeros(4, 2), 0.5, snr=0.0), _SNR.format("0.0")),
+    (lambda: dl.langevin_correct(_m, dl.linear_path(), torch.zeros(4, 2), 1.0, prediction="x0"),
+     r"^t = 1.0 has sigma\(t\) = 1, alpha\(t\) = 0: the score is undefined there$"),
+])
+def test_pc_bad_input_messages_found_by_mutation(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+@pytest.mark.parametrize("bad_call", [0, 1, 3, 4])
+def test_broken_model_is_reported_at_its_predictor_step(bad_call):
+    """Calls of pc_sample(steps=3, corrector_steps=1): predictor 0, corrector 0, predictor 1, corrector 1, predictor 2
+    (the denoising step, no corrector). A NaN at call k is reported with its predictor step and the t of that call;
+    langevin_correct reports its only step as 0."""
+    path, ts = dl.vp_path(), []
+
+    def model(x, t, cond=None):
+        ts.append(float(t[0]))
+        return x * float("nan") if len(ts) == bad_call + 1 else torch.zeros_like(x)
+    with pytest.raises(ValueError) as err:
+        if bad_call == 0:
+            dl.langevin_correct(model, path, torch.ones(4, 2), 0.5)
+        else:
+            dl.pc_sample(model, path, (4, 2), steps=3, generator=_gen(86))
+    step = {0: 0, 1: 0, 3: 1, 4: 2}[bad_call]
+    assert str(err.value) == (f"model output at step {step} (t = {ts[-1]:.4g}) is not finite (NaN or inf): "
+                              "the model is broken or diverged")
+
+
+def test_pc_parameterless_model_samples_on_the_given_device():
+    """device= is where a model without parameters is sampled (simulated accelerator of test_device_discipline)."""
+    from test_device_discipline import FAKE, OnDevice, run_on_device
+    out, rec = run_on_device(lambda: dl.pc_sample(lambda x, t, cond=None: 0.5 * x, dl.vp_path(), (4, 2), steps=3,
+                                                  generator=_gen(87), device=FAKE))
+    assert isinstance(out, OnDevice) and not rec.float64
