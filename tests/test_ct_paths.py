@@ -153,3 +153,114 @@ def test_t_of_ratio_inverts_sigma_over_alpha():
 def test_bad_input(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+# ---- found by the paths / predictions mutation run (issue 17) ------------------------
+def _vp_t_of_ratio(r, beta_min=0.1, beta_max=20.0):
+    """VP's inverse of sigma/alpha in closed form: alpha^2 = 1/(1 + r^2), so int_0^t beta = log(1 + r^2), a
+    quadratic in t: (beta_max - beta_min)/2 t^2 + beta_min t - log(1 + r^2) = 0."""
+    d = beta_max - beta_min
+    return (-beta_min + math.sqrt(beta_min ** 2 + 2 * d * math.log1p(r * r))) / d
+
+
+def test_path_parameters_defaults_and_exact_messages():
+    # VPPath: beta_max > 0 on its own (beta_min = beta_max = 0 passes the beta_max >= beta_min check), any
+    # beta_max > 0 allowed (0.5 < 1), t_min in the open interval (0, 1), named in the message
+    with pytest.raises(ValueError) as e:
+        dl.VPPath(0.0, 0.0)
+    assert str(e.value) == "beta_max must be positive (else nothing is noised), got 0.0"
+    p = dl.VPPath(0.1, 0.5)
+    assert abs(float(p.alpha(1.0)) - math.exp(-0.5 * (0.1 + 0.5 * 0.4))) < 1e-15
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError) as e:
+            dl.VPPath(t_min=bad)
+        assert str(e.value) == f"t_min must be in (0, 1), got {bad}"
+    assert dl.VPPath(t_min=1e-300).t_min == 1e-300 and dl.VPPath(t_min=0.999).t_min == 0.999
+    # VEPath: sigma_max checked by name, open at 0 (not only by the sigma_min < sigma_max test)
+    with pytest.raises(ValueError) as e:
+        dl.VEPath(sigma_max=0.0)
+    assert str(e.value) == "sigma_max must be in (0, inf], got 0.0"
+    with pytest.raises(ValueError) as e:
+        dl.VEPath(sigma_max=-1.0)
+    assert str(e.value) == "sigma_max must be in (0, inf], got -1.0"
+    # the factories pass every argument on, with the documented defaults
+    assert dl.vp_path(t_min=0.01).t_min == 0.01 and dl.vp_path(0.2, 10.0).beta_max == 10.0
+    assert (dl.vp_path().beta_min, dl.vp_path().beta_max, dl.vp_path().t_min) == (0.1, 20.0, 1e-3)
+    assert (dl.ve_path().sigma_min, dl.ve_path().sigma_max) == (0.01, 50.0)
+
+
+def test_check_time_gives_float64_on_the_cpu_and_names_t():
+    p = dl.vp_path()
+    t32 = torch.tensor([0.3, 0.7], dtype=torch.float32)
+    t = t32.double()                                      # the float32 values, exactly
+    B = 0.1 * t + 0.5 * 19.9 * t ** 2
+    for out, want in [(p.alpha(t32), torch.exp(-B / 2)), (p.sigma(t32), torch.sqrt(-torch.expm1(-B)))]:
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, want, rtol=1e-14, atol=0)
+    with pytest.raises(TypeError) as e:
+        p.alpha("0.5")
+    assert str(e.value) == "t must be a real number, got '0.5' (str)"
+
+
+def test_t_of_ratio_float64_closed_form_and_tolerance_at_the_top():
+    vp = dl.vp_path()
+    for r in (0.3, 1.7, 25.0):                            # Python floats: float32 would be off by ~1e-8
+        out = vp.t_of_ratio(r)
+        assert out.dtype == torch.float64
+        assert abs(float(out) - _vp_t_of_ratio(r)) < 1e-13 * _vp_t_of_ratio(r)
+    lin = dl.linear_path()
+    out = lin.t_of_ratio(0.3)
+    assert out.dtype == torch.float64 and float(out) == 0.3 / 1.3
+    # the range's top end is accepted up to a relative 1e-6 exactly (float32 sigmas), not twice the range.
+    # VE with sigma 1 -> 2: sigma/alpha = 2 at t_max = 1 exactly.
+    ve = dl.VEPath(1.0, 2.0)
+    assert float(ve.t_of_ratio(2.0 * (1 + 1e-6))) == 1.0
+    with pytest.raises(ValueError) as e:
+        ve.t_of_ratio(2.02)
+    assert str(e.value) == ("r must be in this path's range [1, 2] (sigma/alpha between t_min and t_max), "
+                            "got 2.02 to 2.02")
+    half = dl.LinearPath(t_max=0.5)                      # sigma/alpha = 1 at t_max
+    assert float(half.t_of_ratio(1.0 * (1 + 1e-6))) == 0.5
+    with pytest.raises(ValueError) as e:
+        half.t_of_ratio(1.01)
+    assert str(e.value) == "r must be in this path's range [0, 1] (sigma/alpha up to t_max = 0.5), got 1.01 to 1.01"
+
+
+def test_schedule_path_beta_at_the_ends():
+    # beta(t) = -T log(1 - beta_n) on (n/T, (n + 1)/T]; t = 0 belongs to the first interval
+    p, b = PATHS["schedule"], SCHED.betas.tolist()
+    for t, n in [(0.0, 0), (0.0004, 0), (0.001, 0), (0.0011, 1), (0.9995, 999), (1.0, 999)]:
+        assert abs(float(p.beta(t)) + 1000 * math.log1p(-b[n])) < 1e-12 * 1000 * b[n], (t, n)
+
+
+def test_convert_prediction_scalar_t_messages_and_shapes():
+    p, g = dl.vp_path(), torch.Generator().manual_seed(3)
+    x, eps = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    B = 0.1 * 0.3 + 0.5 * 19.9 * 0.3 ** 2
+    a, s = math.exp(-B / 2), math.sqrt(-math.expm1(-B))
+    want = (x - s * eps) / a
+    for t in (0.3, torch.tensor(0.3, dtype=torch.float64), torch.tensor([0.3], dtype=torch.float64),
+              torch.full((4,), 0.3, dtype=torch.float64)):
+        torch.testing.assert_close(dl.convert_prediction(eps, x, t, p, "eps", "x0"), want, rtol=1e-14, atol=1e-15)
+    with pytest.raises(ValueError) as e:
+        dl.convert_prediction(eps, x, torch.full((2,), 0.3), p, "eps", "x0")
+    assert str(e.value) == "t must be a number or have shape (4,), got (2,)"
+    with pytest.raises(TypeError) as e:
+        dl.convert_prediction(eps, x.tolist(), 0.3, p, "eps", "x0")
+    assert str(e.value) == "x must be a torch.Tensor, got list"
+
+
+def test_paths_and_conversions_on_a_device_keep_float64_on_the_cpu():
+    # the simulated accelerator of tests/test_device_discipline.py: check_time copies a device t to the CPU
+    # in float64 (float64 never goes to the device); convert_prediction moves its coefficients to x's device
+    from test_device_discipline import FAKE, OnDevice, run_on_device, to_host
+    p, g = dl.vp_path(), torch.Generator().manual_seed(4)
+    t = torch.tensor([0.2, 0.5, 0.9])
+    out, rec = run_on_device(lambda: dl.paths.check_time(t.to(FAKE)))
+    assert not isinstance(out, OnDevice) and out.device.type == "cpu" and out.dtype == torch.float64
+    assert out.tolist() == t.double().tolist() and not rec.float64
+    x, pred = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
+    want = dl.convert_prediction(pred, x, t, p, "eps", "x0")
+    out, rec = run_on_device(lambda: dl.convert_prediction(pred.to(FAKE), x.to(FAKE), t, p, "eps", "x0"))
+    assert isinstance(out, OnDevice) and not rec.float64
+    assert torch.equal(to_host(out), want)
