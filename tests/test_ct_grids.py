@@ -1,6 +1,7 @@
 """Time grids (grids.sampling_times), ode_solve in both directions (DDIM = method "ddim"; inversion), and the
 objectives module (eps-loss weights over log-SNR, EDM preconditioning, path_loss, train_path_model)."""
 import math
+import re
 
 import pytest
 import torch
@@ -242,3 +243,133 @@ def test_train_path_model_bad_input():
         dl.train_path_model(data, "vp", "eps", steps=1, progress=False)
     with pytest.raises(TypeError, match=r"unknown training option"):
         dl.train_path_model(data, dl.vp_path(), "eps", stepz=1)
+
+
+# ---- found by mutation testing (issue 17): grids and objectives ---------------------------------------------------
+def test_sampling_times_default_rho_and_the_ratio_messages():
+    """karras' default rho is EDM's 7 (Eq. 5 written out here); the message for a path without a finite sigma/alpha
+    at an end names both ratios, computed by hand: linear_path(t_max=0.999) has 0.999 / 0.001 = 999 at t_max and
+    0 / 1 at t_min = 0; linear_path() has alpha(1) = 0 (inf); a linear path with t_min = 0.2 has 0.2 / 0.8."""
+    vp = dl.vp_path()
+    ts = torch.tensor(dl.sampling_times(vp, 10, "karras")[:-1], dtype=torch.float64)
+    r = vp.sigma(ts) / vp.alpha(ts)
+    lo, hi = float(r[-1]) ** (1 / 7), float(r[0]) ** (1 / 7)
+    ref = torch.tensor([(hi + (lo - hi) * i / 9) ** 7 for i in range(10)], dtype=torch.float64)
+    torch.testing.assert_close(r, ref, rtol=1e-9, atol=0)
+
+    class LinearFrom02(dl.paths.LinearPath):      # alpha(t_max = 1) = 0, sigma(t_min) = 0.2, alpha(t_min) = 0.8
+        t_min = 0.2
+
+    for path, spacing, ends in [(dl.linear_path(t_max=0.999), "log_snr", "999 at t_max = 0.999 and 0 at t_min = 0.0"),
+                                (dl.linear_path(), "karras", "inf at t_max = 1.0 and 0 at t_min = 0.0"),
+                                (LinearFrom02(), "log_snr", "inf at t_max = 1.0 and 0.25 at t_min = 0.2")]:
+        msg = (f"spacing '{spacing}' needs a finite, positive sigma/alpha at both ends, but this path has "
+               f"sigma/alpha = {ends}; use 'uniform' or 'quadratic' on this path")
+        with pytest.raises(ValueError) as e:
+            dl.sampling_times(path, 5, spacing)
+        assert str(e.value) == msg
+
+
+def test_eps_loss_weight_is_float64_for_any_t_and_needs_sigma_positive():
+    """VP closed forms (log alpha = -(beta_min t + (beta_max - beta_min) t^2 / 2) / 2, sigma^2 = 1 - alpha^2, so
+    lambda = log(alpha^2 / sigma^2) and d lambda / dt = -beta(t) / sigma^2): a Python float or a float32 tensor t
+    still gives float64 results; sigma(t) = 0 (the linear path at t = 0, where alpha = 1) is refused, exact message."""
+    vp = dl.vp_path()
+    for t in (0.3, torch.tensor([0.3, 0.7], dtype=torch.float32)):
+        tt = [0.3] if isinstance(t, float) else [float(v) for v in t]
+        lam, w = dl.eps_loss_weight(vp, "eps", t)
+        assert lam.dtype == w.dtype == torch.float64 and lam.shape == (len(tt),)
+        a2 = [math.exp(-(0.1 * s + 19.9 * s * s / 2)) for s in tt]
+        lam_ref = [math.log(a / (1 - a)) for a in a2]
+        w_ref = [(1 - a) / ((0.1 + 19.9 * s) * (1 - 1e-3)) for a, s in zip(a2, tt)]
+        torch.testing.assert_close(lam, torch.tensor(lam_ref, dtype=torch.float64), rtol=1e-12, atol=0)
+        torch.testing.assert_close(w, torch.tensor(w_ref, dtype=torch.float64), rtol=1e-12, atol=0)
+    for t in (torch.tensor([0.0, 0.5]), torch.tensor([0.5, 1.0])):          # sigma = 0, then alpha = 0
+        with pytest.raises(ValueError) as e:
+            dl.eps_loss_weight(dl.linear_path(), "eps", t)
+        assert str(e.value) == "t must lie where alpha(t) > 0 and sigma(t) > 0 (the log-SNR is finite)"
+
+
+def test_edm_preconditioning_default_sigma_data_and_sigma_message():
+    """sigma_data defaults to EDM's 0.5: at sigma = 2, sigma^2 + 0.25 = 4.25 (Karras et al. 2022, Table 1)."""
+    c_skip, c_out, c_in, c_noise = dl.edm_preconditioning(2.0)
+    n = math.sqrt(4.25)
+    assert [float(c) for c in (c_skip, c_out, c_in, c_noise)] == pytest.approx(
+        [0.25 / 4.25, 2 * 0.5 / n, 1 / n, math.log(2.0) / 4], rel=1e-14)
+    with pytest.raises(ValueError) as e:
+        dl.edm_preconditioning(torch.tensor([1.0, float("nan")]))
+    assert str(e.value) == "sigma must be finite, got 1 non-finite value(s) (NaN or inf) in a tensor of shape (2,)"
+
+
+def test_path_loss_replayed_by_hand_with_its_generator_cond_and_dtypes():
+    """path_loss on linear_path(t_max=0.8) with the velocity target (x_t = (1 - t) x0 + t eps, target eps - x0,
+    t = 0.8 u): eps then u drawn from the generator in that order (eps in x0's dtype), the model called with t in
+    x0's dtype and the given cond; and x0 checked by name."""
+    path = dl.linear_path(t_max=0.8)
+    seen = []
+
+    def model(x, t, cond=None):
+        seen.append((t.dtype, cond))
+        return x * t[:, None] + cond[:, None]
+
+    for dtype in (torch.float64, torch.float32):
+        x0 = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=dtype)
+        cond = torch.arange(6, dtype=dtype) / 10
+        loss = dl.path_loss(model, path, "velocity", x0, torch.Generator().manual_seed(7), cond=cond)
+        g = torch.Generator().manual_seed(7)
+        eps = torch.randn(6, 3, generator=g, dtype=dtype).double()
+        t = 0.8 * torch.rand(6, generator=g, dtype=torch.float64)
+        xt = (1 - t[:, None]) * x0.double() + t[:, None] * eps
+        ref = float((((xt * t[:, None] + cond.double()[:, None]) - (eps - x0.double())) ** 2).mean())
+        assert loss.dtype == dtype and seen[-1][0] == dtype and seen[-1][1] is cond
+        assert float(loss) == pytest.approx(ref, rel=1e-12 if dtype == torch.float64 else 1e-5)
+    for x0, err, msg in [([[0.0]], TypeError, "x0 must be a torch.Tensor, got list"),
+                         (torch.zeros(2, 2, dtype=torch.long), TypeError,
+                          "x0 must be a floating-point tensor, got dtype torch.int64"),
+                         (torch.tensor([[0.0, float("inf")]]), ValueError,
+                          "x0 must be finite, got 1 non-finite value(s) (NaN or inf) in a tensor of shape (1, 2)")]:
+        with pytest.raises(err) as e:
+            dl.path_loss(model, path, "velocity", x0)
+        assert str(e.value) == msg
+
+
+def test_train_path_model_uses_its_config_model_callback_and_label(capsys):
+    """The config's batch size and steps reach the loop (a batch of 5 of the 64 examples, not of the 2 coordinates),
+    a given model is the one trained, the callback sees every step, config.net shapes the new network, and the
+    progress bar is labelled "train v"."""
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    config = dl.TrainConfig(steps=3, batch_size=5, progress=False, ema_decay=None, warmup=1)
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+            self.batches = []
+
+        def forward(self, x, t, cond=None):
+            assert x.shape == (5, 2), x.shape                # fail at once on the wrong config
+            self.batches.append(x.shape[0])
+            return self.lin(x)
+
+    net, steps = Recorder(), []
+    model, losses = dl.train_path_model(data, dl.vp_path(), "v", config, model=net,
+                                        callback=lambda d: steps.append(d["step"]))
+    assert model is net and net.batches == [5, 5, 5] and len(losses) == 3 and steps == [0, 1, 2]
+    small = dict(hidden=16, depth=1, emb_dim=8)
+    model, _ = dl.train_path_model(data, dl.vp_path(), "v", steps=1, batch_size=8, progress=True, net=small)
+    ref = dl.make_velocity_net((2,), **small)
+    assert [(k, v.shape) for k, v in model.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+    assert re.search(r"(^|\r)train v: ", capsys.readouterr().err)     # tqdm's label, "train v: 100%|..."
+
+
+def test_train_path_model_on_the_simulated_device():
+    """On the simulated accelerator of tests/test_device_discipline.py: device= moves the training there (the noise,
+    x_t and the model's t made on the device, no float64 there, no sync per step) and the losses are the CPU's."""
+    from test_device_discipline import FAKE, _check
+
+    def run(n, device):
+        x = torch.randn(200, 2, generator=torch.Generator().manual_seed(3))
+        return lambda: dl.train_path_model(x, dl.vp_path(), "eps", steps=n, device=device, batch_size=32,
+                                           progress=False, warmup=2, net=dict(hidden=16, depth=1, emb_dim=8))[1]
+    losses, _ = _check("train_path_model", run(3, FAKE), run(9, FAKE))
+    assert losses == run(9, None)()

@@ -88,3 +88,49 @@ def test_bad_input():
         to_linear(x, torch.tensor([0.5, 1.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="r must be in this path's range"):    # r = 1e-4 is below VP's t_min
         to_linear(x, torch.tensor([1e-4, 0.5], dtype=torch.float64))
+
+
+# ---- found by mutation testing (issue 17) -----------------------------------------------------------------------
+def test_pure_noise_message_names_the_first_bad_t():
+    to_linear = dl.change_path(MIX.path_model(PATHS["vp"], "eps"), PATHS["vp"], PATHS["linear"],
+                               src_prediction="eps", dst_prediction="velocity")
+    with pytest.raises(ValueError) as e:
+        to_linear(torch.zeros(2, 2, dtype=torch.float64), torch.tensor([0.5, 1.0], dtype=torch.float64))
+    assert str(e.value) == ("t must be where alpha(t) > 0 on dst (at t = 1 the path is pure noise); start the "
+                            "sampler below it, e.g. linear_path(t_max=0.999)")
+
+
+def test_the_model_gets_x_and_t_in_x_dtype_and_the_cond():
+    """A float32 call stays float32 (the float64 time map is cast before the model sees x' or t'), and cond reaches
+    the model. The output is checked against the same chain written out for the linear -> VP change of an
+    eps-model that returns cond: t' = r / (1 + r) with r = sigma / alpha of VP at t, x' = x (1 - t') / alpha(t)."""
+    seen = []
+
+    def eps_model(x, t, cond=None):
+        seen.append((x.dtype, t.dtype, cond))
+        return cond[:, None].expand_as(x)
+
+    vp, lin = PATHS["vp"], PATHS["linear"]
+    wrapped = dl.change_path(eps_model, lin, vp, src_prediction="eps", dst_prediction="eps")
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    cond = torch.tensor([0.1, -0.2, 0.3, 0.0])
+    out = wrapped(x, torch.full((4,), 0.4), cond)
+    assert seen[-1][:2] == (torch.float32, torch.float32) and seen[-1][2] is cond and out.dtype == torch.float32
+    torch.testing.assert_close(out, cond[:, None].expand_as(x))        # eps is the same on both paths
+
+
+def test_change_path_on_the_simulated_device():
+    """On the simulated accelerator of tests/test_device_discipline.py: the model of src on the device gets x' and t'
+    there (the float64 time map cast and moved once, no float64 on the device) and the result is the CPU's."""
+    from test_device_discipline import FAKE, OnDevice, _ct_net, run_on_device, to_host
+
+    def call(device):
+        net = _ct_net().to(device)
+        wrapped = dl.change_path(net, PATHS["vp"], PATHS["linear"], src_prediction="eps", dst_prediction="velocity")
+        x = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+        return wrapped(x.to(device), torch.linspace(0.2, 0.8, 8).to(device))
+    with torch.no_grad():
+        out, rec = run_on_device(lambda: call(FAKE))
+        ref = call("cpu")
+    assert isinstance(out, OnDevice) and not rec.float64, rec.float64[:3]
+    torch.testing.assert_close(to_host(out), ref, rtol=0, atol=0)
