@@ -50,8 +50,9 @@ class ModelCaller:
             self.fail(step, t)
 
 
-def start(model, shape, prediction, cond, generator, x_T, callback, device, scale: float):
-    """Validate the common arguments; return (x at the start, ModelCaller). x_T defaults to scale * N(0, I)."""
+def start(model, shape, prediction, cond, generator, x_T, callback, device, scale: float, name: str = "x_T"):
+    """Validate the common arguments; return (x at the start, ModelCaller). x_T defaults to scale * N(0, I);
+    `name` is what the messages call it (ode_solve's start is its argument x)."""
     _check_model(model)
     check_prediction(prediction)
     shape = check_shape("shape", shape)
@@ -62,11 +63,11 @@ def start(model, shape, prediction, cond, generator, x_T, callback, device, scal
     if x_T is None:
         x = scale * randn(shape, generator, device=device)
     else:
-        check_tensor("x_T", x_T, finite=False)
+        check_tensor(name, x_T, finite=False)
         if tuple(x_T.shape) != shape:
-            raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(x_T.shape)}")
         if x_T.device != device:
-            raise ValueError(f"x_T must be on the model's device {device}, got {x_T.device}")
-        check_tensor("x_T", x_T)
+            raise ValueError(f"{name} must be on the model's device {device}, got {x_T.device}")
+        check_tensor(name, x_T)
         x = x_T
     return x, ModelCaller(model, cond, shape, device)

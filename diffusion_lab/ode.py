@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_int
+from ._checks import check_int, check_tensor
 from ._sampling import check_path, start
 from .dpm_solver import dpmpp_2m_update
 from .grids import sampling_times
@@ -146,7 +146,7 @@ def ode_solve(model, path, x: torch.Tensor, times, method: str = "heun", predict
     Raises
     ------
     TypeError
-        If ``model`` is not callable, ``path`` is not a path, or ``x`` is a tensor of an integer dtype.
+        If ``model`` is not callable, ``path`` is not a path, or ``x`` is not a floating-point tensor.
     ValueError
         If ``method`` or ``prediction`` is unknown; ``times`` are not at least two strictly monotone numbers in
         :math:`[0, 1]`; an increasing grid starts where :math:`\sigma = 0`; ``prediction`` is ``"eps"`` or
@@ -165,7 +165,8 @@ def ode_solve(model, path, x: torch.Tensor, times, method: str = "heun", predict
                          f"(start at path.t_min = {path.t_min} or above)")
     if float(path.alpha(max(ts))) == 0 and prediction in ("eps", "score"):
         raise ValueError(f"prediction {prediction!r} cannot give x0 where alpha(t) = 0 (t = {max(ts)})")
-    x, call = start(model, tuple(x.shape), prediction, cond, None, x, callback, None, 1.0)
+    check_tensor("x", x, finite=False)
+    x, call = start(model, tuple(x.shape), prediction, cond, None, x, callback, None, 1.0, name="x")
     x = _integrate(call, x, path, ts, method, prediction, callback)
     call.finish()
     return x

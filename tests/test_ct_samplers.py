@@ -555,3 +555,16 @@ def test_dpm_solver_timesteps_match_diffusers_for_every_step_count():
             for steps in range(1, T):
                 sched.set_timesteps(steps)
                 assert dpm_solver_timesteps(T, steps) == sched.timesteps.tolist(), (T, steps)
+
+
+def test_ode_solve_names_its_argument_x():
+    """ode_solve's start is its argument x (not x_T, the samplers' name): a list, an integer tensor, a non-finite
+    value or a tensor on another device than the model's are refused under that name."""
+    m, p = (lambda x, t, cond=None: torch.zeros_like(x)), dl.vp_path()
+    cases = [([1.0, 2.0], TypeError, "x must be a torch.Tensor, got list"),
+             (torch.ones(3, 2, dtype=torch.int64), TypeError, "x must be a floating-point tensor, got dtype torch.int64"),
+             (torch.full((3, 2), float("nan")), ValueError, "x must be finite")]
+    for x, kind, start in cases:
+        with pytest.raises(kind) as e:
+            dl.ode_solve(m, p, x, [0.5, 0.1])
+        assert str(e.value).startswith(start), str(e.value)
