@@ -89,7 +89,9 @@ def test_make_test_runs_the_notebooks_once_on_baseline_cpu_kernels():
     nbval = [line for line in recipe.splitlines() if "--nbval" in line]
     assert len(nbval) == 1, f"expected one nbval run, got {nbval}"
     assert "ATEN_CPU_CAPABILITY=default" in nbval[0], nbval[0]
-    assert "--nbval book" in nbval[0]
+    assert nbval[0].split("||")[0].split()[-1] == "book", nbval[0]             # every notebook, once
+    if " -n " in nbval[0]:                      # on xdist workers: each notebook's cells on one worker, in order
+        assert "--dist loadscope" in nbval[0], nbval[0]
     # the site build and the browser test come after nbval
     lines = recipe.splitlines()
     browser = next(i for i, line in enumerate(lines) if "tests/test_browser.py" in line and "--ignore" not in line)
