@@ -88,14 +88,15 @@ $(NODE_MODULES): $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
 # Three pytest runs, in this order, and the target fails if any failed: the library and
 # template tests (native kernels); the notebooks, once, on baseline kernels; then the site
 # build and the browser test, which show the outputs nbval has just validated.
-# The notebooks run on NB_JOBS pytest-xdist workers (default: the machine's cores, at most 4),
-# one notebook per worker at a time (--dist loadscope keeps a notebook's cells on its kernel);
-# each chapter's kernel uses one thread (torch.set_num_threads(1) in its setup cell).
-NB_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+# The library tests and the notebooks run on TEST_JOBS pytest-xdist workers (default: the
+# machine's cores, at most 4); the notebooks one per worker at a time (--dist loadscope keeps a
+# notebook's cells on its kernel); each chapter's kernel uses one thread (torch.set_num_threads(1)
+# in its setup cell). TEST_JOBS=0 runs everything in one process.
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 test: python-version $(INSTALLED) system-deps $(NODE_MODULES)
 	@status=0; \
-	$(PYTEST) tests --ignore=tests/test_site_build.py --ignore=tests/test_browser.py || status=1; \
-	env $(NB_CPU_ENV) $(PYTEST) --nbval -n $(NB_JOBS) --dist loadscope book || status=1; \
+	$(PYTEST) -n $(TEST_JOBS) tests --ignore=tests/test_site_build.py --ignore=tests/test_browser.py || status=1; \
+	env $(NB_CPU_ENV) $(PYTEST) --nbval -n $(TEST_JOBS) --dist loadscope book || status=1; \
 	$(PYTEST) tests/test_site_build.py tests/test_browser.py || status=1; \
 	exit $$status
 
