@@ -3,6 +3,7 @@ irreducible minimum (closed form, quadrature); integrating the exact velocity, i
 (oracle); train_flow against train_ddpm, and one reflow (learning); bad input."""
 import copy
 import math
+import re
 import time
 
 import pytest
@@ -324,3 +325,91 @@ def test_nan_model_and_divergence():
         dl.straightness(nan_model, 10, steps=3, shape=(2,))
     with pytest.raises(dl.TrainingDivergedError, match="training diverged at step"):
         dl.train_flow(torch.randn(64, 2) * 1e30, steps=5, progress=False, grad_clip=None)
+
+
+# ---- found by mutation testing (issue 17) -------------------------------------------------------------------
+def test_ot_coupling_minimises_squared_not_plain_or_cubed_distances():
+    """Seeds 9 / 1009 (5 points in 2-D): the permutation minimising the summed squared distance (brute force over
+    all 120) differs from the one minimising plain or cubed distances; ot_coupling returns the squared-cost one."""
+    import itertools
+    x0 = torch.randn(5, 2, generator=_gen(9)).double()
+    eps = torch.randn(5, 2, generator=_gen(1009)).double()
+    d = torch.cdist(x0, eps).tolist()
+    perms = list(itertools.permutations(range(5)))
+    best = {k: min(perms, key=lambda p: sum(d[i][p[i]] ** k for i in range(5))) for k in (1, 2, 3)}
+    assert best[2] != best[1] and best[2] != best[3]
+    torch.testing.assert_close(dl.ot_coupling(x0, eps), eps[list(best[2])], rtol=0, atol=0)
+
+
+def _k_field(k):
+    def model(x, t, cond=None):
+        return k * x
+    return model
+
+
+def test_flow_helpers_checks_found_by_mutation():
+    """Exact messages of flow_matching_loss, reflow_pairs and straightness; cond checked and passed on; n = 1 and
+    steps = 1 allowed; make_velocity_net's arch and network options."""
+    with pytest.raises(ValueError, match=r"^x0 must be a batch \(B, \.\.\.\), got shape \(5,\)$"):
+        dl.flow_matching_loss(_zero, torch.zeros(5))
+    seen = []
+
+    def spy(x, t, cond=None):
+        seen.append(cond)
+        return torch.zeros_like(x)
+    cond = torch.tensor([1, 0, 1])
+    dl.flow_matching_loss(spy, torch.zeros(3, 2), cond=cond)
+    dl.reflow_pairs(spy, 3, steps=1, method="euler", cond=cond, shape=(2,))
+    dl.straightness(spy, 3, steps=1, cond=cond, shape=(2,))
+    assert len(seen) == 3 and all(c is cond for c in seen)
+    msg = re.escape("cond must be None or an integer tensor of labels with shape (3,), got (2,)")
+    with pytest.raises(ValueError, match=msg):
+        dl.flow_matching_loss(spy, torch.zeros(3, 2), cond=torch.tensor([0, 1]))
+    for f in (dl.reflow_pairs, dl.straightness):
+        with pytest.raises(ValueError, match=r"^n must be an integer in \[1, inf\], got 0$"):
+            f(_zero, 0, shape=(2,))
+        with pytest.raises(ValueError, match=r"^shape entry must be an integer in \[1, inf\], got 0$"):
+            f(_zero, 2, shape=(0,))
+        with pytest.raises(TypeError, match=r"^shape must be a non-empty tuple of positive integers, got \(\)$"):
+            f(_zero, 2, shape=())
+        with pytest.raises(ValueError, match=re.escape("shape is required for a model without config['sample_shape'] "
+                                                       "(function): pass the shape of one sample, e.g. shape=(2,)")):
+            f(_zero, 2)
+    assert dl.reflow_pairs(_zero, 1, steps=1, shape=(2,))[1].shape == (1, 2)
+    assert dl.straightness(_zero, 1, steps=1, shape=(2,)) == 0.0
+    assert isinstance(dl.make_velocity_net((1, 8, 8), arch="mlp"), dl.VelocityMLP)
+    assert dl.make_velocity_net((2,), hidden=8).config["hidden"] == 8
+
+
+def test_reflow_pairs_and_straightness_of_a_linear_field_written_out():
+    """u = k x: x_T is the generator's normal draw; Euler with h = 1/N maps it to x_T (1 - k h)^N, Heun (the
+    default, 50 steps) by 49 Heun factors 1 - k h + (k h)^2 / 2 and a last Euler step into t = 0; straightness (Euler, 100 steps by default) is
+    sum_i h mean |(x_T - x_0) - k x_i|^2 along the Euler iterates x_i = x_T (1 - k h)^i."""
+    k, n = 0.7, 6
+    x_T = torch.randn(n, 2, generator=_gen(21))
+    a, b = dl.reflow_pairs(_k_field(k), n, steps=2, method="euler", generator=_gen(21), shape=(2,))
+    torch.testing.assert_close(a, x_T, rtol=0, atol=0)
+    torch.testing.assert_close(b, x_T * (1 - k / 2) ** 2, rtol=1e-6, atol=1e-6)
+    _, b = dl.reflow_pairs(_k_field(k), n, generator=_gen(21), shape=(2,))
+    torch.testing.assert_close(b, x_T * (1 - k / 50 + (k / 50) ** 2 / 2) ** 49 * (1 - k / 50), rtol=1e-5, atol=1e-6)
+    times = []
+
+    def counting(x, t, cond=None):
+        times.append(float(t[0]))
+        return k * x
+    s = dl.straightness(counting, n, generator=_gen(21), shape=(2,))
+    assert len(times) == 100 and abs(times[1] - 0.99) < 1e-6
+    x64 = x_T.double()
+    x0 = x64 * (1 - k / 100) ** 100
+    expected = sum(0.01 * float((((x64 - x0) - k * x64 * (1 - k / 100) ** i) ** 2).sum(1).mean()) for i in range(100))
+    assert abs(s - expected) < 1e-5 * expected, (s, expected)
+
+
+def test_reflow_pairs_on_a_device_draws_x_T_there():
+    """On the simulated accelerator of test_device_discipline.py: the noise is drawn for the model's device (a CPU
+    x_T would be refused by ode_sample there) and the pairs are the CPU run's."""
+    from test_device_discipline import FAKE, _ct_net, run_on_device, to_host
+    (a, b), _ = run_on_device(lambda: dl.reflow_pairs(_ct_net().to(FAKE), 4, steps=2, generator=_gen(3), shape=(2,)))
+    ref = dl.reflow_pairs(_ct_net(), 4, steps=2, generator=_gen(3), shape=(2,))
+    torch.testing.assert_close(to_host(a), ref[0], rtol=0, atol=0)
+    torch.testing.assert_close(to_host(b), ref[1], rtol=0, atol=0)
