@@ -206,6 +206,15 @@ def test_consistency_distill_defaults_and_teacher_messages():
     path = dl.ve_path(0.002, 80.0)
     model, _ = dl.consistency_distill(_teacher([]), path, x, steps=1, batch_size=4, progress=False, net=NET)
     assert model.sigma_data == 0.5
+    seen = []
+
+    def stop(d):                         # the config's 2 steps, not the default 4500
+        seen.append(d["step"])
+        assert d["step"] < 2, "more steps than the TrainConfig asked for"
+    config = dl.TrainConfig(steps=2, batch_size=4, progress=False, net=NET)
+    assert len(dl.consistency_distill(_teacher([]), path, x, config=config, callback=stop)[1]) == 2 and seen == [0, 1]
+    with pytest.raises(ValueError, match="^solver must be 'heun' or 'euler', got 'rk4'$"):
+        dl.consistency_distill(_teacher([]), path, x, solver="rk4", steps=1, progress=False)
     with pytest.raises(ValueError, match=r"^teacher output must have the input's shape \(8, 2\), got float$"):
         dl.consistency_distill(lambda x, t, c=None: 1.0, path, x, steps=1, progress=False)
     # a teacher on a SchedulePath against a path that is not one: unequal, not an AttributeError
