@@ -126,6 +126,15 @@ def test_consistency_train_defaults_arguments_and_messages():
         dl.consistency_train(x, s0=0, steps=1, progress=False)
     with pytest.raises(TypeError, match="^model must be a ConsistencyModel or None, got Linear$"):
         dl.consistency_train(x, model=torch.nn.Linear(2, 2), steps=1, progress=False)
+    teacher = _teacher([])
+    for train in (lambda **kw: dl.consistency_train(x, steps=1, progress=False, **kw),
+                  lambda **kw: dl.consistency_distill(teacher, dl.ve_path(0.002, 80.0), x, steps=1, progress=False, **kw)):
+        with pytest.raises(ValueError, match=re.escape("p_std must be in (0, inf], got 0.0")):
+            train(p_std=0.0)
+        with pytest.raises(ValueError, match=re.escape("p_mean must be finite and in [-inf, inf], got nan")):
+            train(p_mean=math.nan)
+        with pytest.raises(TypeError, match=re.escape("p_std must be a real number, got 'a' (str)")):
+            train(p_std="a")
 
 
 # ---- consistency distillation (Algorithm 2) -----------------------------------------------------------------
