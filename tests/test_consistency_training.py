@@ -115,13 +115,17 @@ def test_ct_schedule_doubles_from_s0_and_caps_at_s1():
     assert [ct.ct_schedule(k, 100, 3, 10) for k in (36, 37, 38, 76)] == [4, 4, 7, 11]
 
 
-def test_consistency_train_defaults_arguments_and_messages():
+def test_consistency_train_defaults_arguments_and_messages(monkeypatch):
     x, y = _data(torch.float32)
     model, _ = dl.consistency_train(x, labels=y, steps=1, batch_size=4, progress=False, net=NET)
     assert isinstance(model, dl.ConsistencyModel) and model.path == dl.ve_path(0.002, 80.0) and model.sigma_data == 0.5
     ref = dl.make_velocity_net((2,), num_classes=2, **NET).state_dict()         # conditional, config.net's sizes
     assert {k: v.shape for k, v in model.net.state_dict().items()} == {k: v.shape for k, v in ref.items()}
-    assert dl.consistency_train(x, s0=1, s1=1, steps=1, batch_size=4, progress=False, net=NET)[1]   # s0 = 1 allowed
+    # s0 = 1 allowed, s1 = 2 caps N = min(2^k, 2) + 1 (K' = 1): grids of 2, 3, 3 points, each built once
+    Ns, grid = [], ct._grid
+    monkeypatch.setattr(ct, "_grid", lambda path, N, *a: Ns.append(N) or grid(path, N, *a))
+    dl.consistency_train(x, s0=1, s1=2, steps=3, batch_size=4, progress=False, net=NET)
+    assert Ns == [2, 3]
     with pytest.raises(ValueError, match=re.escape("s0 must be an integer in [1, inf], got 0")):
         dl.consistency_train(x, s0=0, steps=1, progress=False)
     with pytest.raises(TypeError, match="^model must be a ConsistencyModel or None, got Linear$"):
@@ -257,6 +261,6 @@ def test_consistency_trainers_on_the_simulated_device(which):
             return losses
         return go
     where = []
-    losses, _ = _check(f"consistency_{which}", run(3, FAKE), run(9, FAKE, where))
+    losses, _ = _check(f"consistency_{which}", run(2, FAKE), run(4, FAKE, where))
     assert where and all(d == FAKE for d in where)
-    assert losses == run(9, None)()
+    assert losses == run(4, None)()
