@@ -120,6 +120,8 @@ class ConsistencyModel(torch.nn.Module):
             If t lies outside [t_min, t_max].
         """
         skip, out, c_in = self.coefficients(t, x)
+        if isinstance(t, torch.Tensor):       # the net computes with t on x's device (the trainers pass CPU times)
+            t = t.to(x.device, non_blocking=True)
         return skip * x + out * self.net(c_in * x, t, cond)
 
 
