@@ -425,3 +425,22 @@ def test_on_the_simulated_device_gives_the_cpu_numbers(kind):
     with fake_device():
         dev = dl.CategoricalSchedule(OnDevice(torch.tensor([0.5, 1.0], dtype=torch.float64)), K)
     assert type(dev.betas) is torch.Tensor and dev.betas.device.type == "cpu" and dev.betas.tolist() == [0.5, 1.0]
+
+
+def test_check_tokens_messages_bounds_and_dtype():
+    from diffusion_lab.categorical import check_tokens
+    with pytest.raises(TypeError, match=r"^x0 must be a torch.Tensor of integer tokens, got list$"):
+        check_tokens("x0", [0, 1], K)
+    for dtype in (torch.float32, torch.complex64, torch.bool):
+        with pytest.raises(TypeError, match=rf"^xt must hold integer tokens \(e.g. torch.long\), got dtype {dtype}$"):
+            check_tokens("xt", torch.zeros(2, dtype=dtype), K)
+    # values in [0, K - 1], or [0, K] with the mask K
+    for x, mask, lo, hi in (([0, 3], False, 0, 3), ([-1, 2], False, -1, 2), ([0, 4], True, 0, 4), ([-1, 3], True, -1, 3)):
+        what = r"\[0, 3\] \(3 = mask\)" if mask else r"\[0, 2\]"
+        with pytest.raises(ValueError, match=rf"^tok must hold categories in {what}, got values from {lo} to {hi}$"):
+            check_tokens("tok", torch.tensor(x), K, mask=mask)
+    for x, mask in (([0, 2], False), ([0, 3], True), ([3, 3], True)):
+        out = check_tokens("tok", torch.tensor(x, dtype=torch.int32), K, mask=mask)
+        assert out.dtype == torch.long and out.tolist() == x
+    empty = check_tokens("tok", torch.zeros(0, dtype=torch.uint8), K)      # nothing to check: accepted, as long
+    assert empty.dtype == torch.long and empty.shape == (0,)
