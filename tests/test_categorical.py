@@ -439,6 +439,8 @@ def test_check_tokens_messages_bounds_and_dtype():
         what = r"\[0, 3\] \(3 = mask\)" if mask else r"\[0, 2\]"
         with pytest.raises(ValueError, match=rf"^tok must hold categories in {what}, got values from {lo} to {hi}$"):
             check_tokens("tok", torch.tensor(x), K, mask=mask)
+    with pytest.raises(ValueError, match=r"^tok must hold categories in \[0, 2\], got values from 0 to 3$"):
+        check_tokens("tok", torch.tensor([0, 3]), K)                          # the mask is not allowed by default
     for x, mask in (([0, 2], False), ([0, 3], True), ([3, 3], True)):
         out = check_tokens("tok", torch.tensor(x, dtype=torch.int32), K, mask=mask)
         assert out.dtype == torch.long and out.tolist() == x
