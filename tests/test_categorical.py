@@ -3,6 +3,7 @@ matrix row, the posterior against Bayes by enumeration for every (x_0, x_t, t), 
 torch.distributions, the discrete ELBO's O(1/T) convergence to masked diffusion's continuous-time ELBO,
 and bad input."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -319,7 +320,7 @@ def test_t_and_k_messages_name_the_argument():
     s = dl.categorical_schedule(K, 5)
     x0 = torch.zeros(2, 3, dtype=torch.long)                 # B = 2, a second dimension of another size
     for bad in (torch.tensor([1, 2, 3]), torch.tensor([[1], [2]])):
-        with pytest.raises(ValueError, match=rf"^t must be an int or have shape \(2,\), got {re_shape(bad)}$"):
+        with pytest.raises(ValueError, match=rf"^t must be an int or have shape \(2,\), got {_shape_re(bad)}$"):
             dl.categorical_q_sample(x0, bad, s, "uniform")
     with pytest.raises(TypeError, match=r"^t must be an integer, got 1.5 \(float\)$"):
         dl.categorical_q_sample(x0, 1.5, s, "uniform")
@@ -347,8 +348,7 @@ def test_t_and_k_messages_name_the_argument():
         dl.categorical_q_sample(x0, 1, s, "uniform", generator=0)
 
 
-def re_shape(t):
-    import re
+def _shape_re(t):
     return re.escape(str(tuple(t.shape)))
 
 
