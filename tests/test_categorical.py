@@ -3,6 +3,7 @@ matrix row, the posterior against Bayes by enumeration for every (x_0, x_t, t), 
 torch.distributions, the discrete ELBO's O(1/T) convergence to masked diffusion's continuous-time ELBO,
 and bad input."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -277,3 +278,171 @@ def test_bad_input():
         dl.d3pm_kl(torch.full((1, 3, 3), float("nan")), x0, x0, 1, s, "uniform")
     with pytest.raises(ValueError, match="name must be 'linear' or 'cosine'"):
         dl.categorical_schedule(K, 5, "sqrt")
+
+
+# ---------------------------------------------------------------------------------------
+# Mutation-testing survivors (issue 17): exact messages, boundaries, dtypes, seeds, per-row t, device
+# ---------------------------------------------------------------------------------------
+def test_schedule_construction_messages_and_boundaries():
+    b = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"^betas must be a torch.Tensor, got list$"):
+        dl.CategoricalSchedule([0.5, 1.0], K)
+    with pytest.raises(ValueError, match=r"^betas must be a 1-D tensor with at least one entry, got shape \(1, 2\)$"):
+        dl.CategoricalSchedule(b[None], K)
+    with pytest.raises(ValueError, match=r"^betas must be a 1-D tensor with at least one entry, got shape \(0,\)$"):
+        dl.CategoricalSchedule(b[:0], K)
+    for bad, lo, hi in (([0.0, 0.5], "0", "0.5"), ([-0.1, 0.5], "-0.1", "0.5"), ([0.5, 1.2], "0.5", "1.2")):
+        with pytest.raises(ValueError, match=rf"^every beta must be in \(0, 1\], got min {lo} and max {hi}$"):
+            dl.CategoricalSchedule(torch.tensor(bad, dtype=torch.float64), K)
+    for k in (1, 0):
+        with pytest.raises(ValueError, match=rf"^K must be an integer in \[2, inf\], got {k}$"):
+            dl.CategoricalSchedule(b, k)
+    one = dl.CategoricalSchedule(torch.tensor([1.0]), 2)          # one step, two categories: the smallest allowed
+    assert one.T == 1 and one.K == 2 and one.name == "custom"
+    # float32 input is stored as float64 (on the CPU) under the name betas
+    s = dl.CategoricalSchedule(torch.tensor([0.25, 0.5], dtype=torch.float32), K)
+    assert s.betas.dtype == torch.float64 and s.betas.device.type == "cpu" and s.betas.tolist() == [0.25, 0.5]
+    assert s.alpha_bars.tolist() == [0.75, 0.375]                                 # (1 - 0.25), (1 - 0.25)(1 - 0.5)
+    # categorical_schedule: T >= 1 named T, the names, the linear betas 1 / (T - t) in float64
+    for T in (0, -2):
+        with pytest.raises(ValueError, match=rf"^T must be an integer in \[1, inf\], got {T}$"):
+            dl.categorical_schedule(K, T)
+    lin1 = dl.categorical_schedule(K, 1)
+    assert lin1.T == 1 and lin1.betas.tolist() == [1.0] and lin1.name == "linear"
+    lin = dl.categorical_schedule(K, 7, "linear")
+    assert lin.name == "linear" and lin.betas.dtype == torch.float64
+    assert lin.betas.tolist() == [1.0 / (7 - t) for t in range(7)]               # exact float64 quotients
+    cos = dl.categorical_schedule(K, 7, "cosine")
+    assert cos.name == "cosine"
+
+
+def test_t_and_k_messages_name_the_argument():
+    s = dl.categorical_schedule(K, 5)
+    x0 = torch.zeros(2, 3, dtype=torch.long)                 # B = 2, a second dimension of another size
+    for bad in (torch.tensor([1, 2, 3]), torch.tensor([[1], [2]])):
+        with pytest.raises(ValueError, match=rf"^t must be an int or have shape \(2,\), got {_shape_re(bad)}$"):
+            dl.categorical_q_sample(x0, bad, s, "uniform")
+    with pytest.raises(TypeError, match=r"^t must be an integer, got 1.5 \(float\)$"):
+        dl.categorical_q_sample(x0, 1.5, s, "uniform")
+    # cumulative_transition_matrix: t in [0, T - 1], named t
+    for t in (-1, 5, 6):
+        with pytest.raises(ValueError, match=rf"^t must be an integer in \[0, 4\], got {t}$"):
+            dl.cumulative_transition_matrix(s, t, "uniform")
+    with pytest.raises(TypeError, match=r"^schedule must be a CategoricalSchedule \(dl.categorical_schedule\(K, T\)\), "
+                                        r"got Schedule$"):
+        dl.cumulative_transition_matrix(dl.linear_schedule(5), 1, "uniform")
+    # K = 2 is allowed: Q = (1 - beta) I + beta / 2 (uniform)
+    Q = dl.transition_matrix("uniform", 2, 0.3)
+    assert Q.tolist() == [[0.7 + 0.15, 0.15], [0.15, 0.7 + 0.15]]
+    # x0 named x0 in the posterior and the prior KL
+    msg = r"^x0 must hold categories in \[0, 2\], got values from 0 to 3$"
+    with pytest.raises(ValueError, match=msg):
+        dl.categorical_posterior(torch.tensor([[0, 3]]), torch.tensor([[0, 1]]), 1, s, "uniform")
+    with pytest.raises(ValueError, match=msg):
+        dl.categorical_prior_kl(torch.tensor([[0, 3]]), s, "uniform")
+    # the impossible pairs are counted: x0 = (0, 1, 2), xt = (1, 1, 0) unmasked under "absorbing": 2 positions
+    with pytest.raises(ValueError, match=r"^xt is impossible given x0 under kind 'absorbing' \(q\(x_t \| x_0\) = 0 at "
+                                        r"2 position\(s\)\); the posterior is undefined there$"):
+        dl.categorical_posterior(torch.tensor([[0, 1, 2]]), torch.tensor([[1, 1, 0]]), 1, s, "absorbing")
+    with pytest.raises(TypeError, match=r"^generator must be a torch.Generator or None, got int$"):
+        dl.categorical_q_sample(x0, 1, s, "uniform", generator=0)
+
+
+def _shape_re(t):
+    return re.escape(str(tuple(t.shape)))
+
+
+def test_posterior_dtype_and_per_row_t():
+    s = _schedules()[2]                                        # betas 0.3, 0.1, 0.6, 0.2
+    x0, xt = torch.tensor([[0, 1], [2, 2]]), torch.tensor([[0, 2], [1, 2]])
+    assert dl.categorical_posterior(x0, xt, 1, s, "uniform").dtype == torch.float32   # the documented default
+    assert dl.categorical_posterior(x0, xt, 1, s, "uniform", dtype=torch.float16).dtype == torch.float16
+    # per-row t = (1, 3): each row is Bayes' rule with its own step (closed form for "uniform", K = 3)
+    t = torch.tensor([1, 3])
+    got = dl.categorical_posterior(x0, xt, t, s, "uniform", dtype=torch.float64)
+    betas, ab = [0.3, 0.1, 0.6, 0.2], [0.7, 0.63, 0.252, 0.2016]
+    for r in range(2):
+        beta, abp = betas[int(t[r])], ab[int(t[r]) - 1]
+        for c in range(2):
+            a, b = int(x0[r, c]), int(xt[r, c])
+            w = [((1 - beta) * (j == b) + beta / K) * (abp * (j == a) + (1 - abp) / K) for j in range(K)]
+            torch.testing.assert_close(got[r, c], torch.tensor(w, dtype=torch.float64) / sum(w), rtol=0, atol=1e-14)
+    logits = torch.randn(2, 2, K, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    kl = dl.d3pm_kl(logits, x0, xt, t, s, "uniform")
+    for r in range(2):
+        torch.testing.assert_close(kl[r], _kl_by_enumeration(logits[r:r + 1], x0[r:r + 1], xt[r:r + 1], int(t[r]),
+                                                             s, "uniform")[0], rtol=0, atol=1e-12)
+
+
+def test_prior_kl_when_nothing_has_moved():
+    # betas so small that 1 - beta == 1 in float64: alpha_bar_T = 1, q(x_T | x_0) = onehot(x_0), KL to uniform = log K
+    s = dl.CategoricalSchedule(torch.tensor([1e-20, 1e-20], dtype=torch.float64), K)
+    assert float(s.alpha_bars[-1]) == 1.0
+    assert dl.categorical_prior_kl(torch.tensor([[0, 2]]), s, "uniform").tolist() == [[math.log(K)] * 2]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_q_sample_draws_from_the_generator_alone(kind):
+    # the documented draw: one float64 uniform per token, kept where u < alpha_bar_t, else U's row
+    # ("uniform": a category from the same generator; "absorbing": the mask K); the global RNG is not used
+    s = dl.categorical_schedule(K, 5, "cosine")
+    x0 = torch.randint(0, K, (4, 50), generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([0, 1, 2, 4])
+    torch.manual_seed(1)
+    got = dl.categorical_q_sample(x0, t, s, kind, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    torch.manual_seed(2)
+    u = torch.rand(x0.shape, generator=g, dtype=torch.float64)
+    jump = torch.randint(0, K, x0.shape, generator=g) if kind == "uniform" else torch.full_like(x0, K)
+    ab = torch.cumprod(1 - s.betas, 0)[t][:, None]
+    assert torch.equal(got, torch.where(u < ab, x0, jump))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_on_the_simulated_device_gives_the_cpu_numbers(kind):
+    # per-row t on the simulated accelerator of tests/test_device_discipline.py: a table left on the CPU
+    # (a (B, ...) tensor mixed with device tensors) raises there, as on CUDA
+    from test_device_discipline import OnDevice, fake_device, to_host
+    s = dl.categorical_schedule(K, 5, "cosine")
+    g = torch.Generator().manual_seed(6)
+    x0 = torch.randint(0, K, (3, 4), generator=g)
+    logits = torch.randn(3, 4, K, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 2, 4])
+    xs = dl.categorical_q_sample(x0, t, s, kind, generator=torch.Generator().manual_seed(7))
+    xt = xs.clone()
+    if kind == "absorbing":
+        xt[:, 0] = K                                        # masked tokens at every t for the absorbing terms
+    want = (xs, dl.categorical_posterior(x0, xt, t, s, kind), dl.d3pm_kl(logits, x0, xt, t, s, kind))
+    with fake_device() as rec:
+        d0, dt_, dl_ = OnDevice(x0), OnDevice(xt), OnDevice(logits)
+        got = (dl.categorical_q_sample(d0, t, s, kind, generator=torch.Generator().manual_seed(7)),
+               dl.categorical_posterior(d0, dt_, t, s, kind), dl.d3pm_kl(dl_, d0, dt_, t, s, kind))
+    assert rec.created > 0
+    for a, b in zip(got, want):
+        assert isinstance(a, OnDevice)
+        torch.testing.assert_close(to_host(a), b, rtol=0, atol=1e-13)
+    # and a schedule built from betas on the device stores them on the CPU
+    with fake_device():
+        dev = dl.CategoricalSchedule(OnDevice(torch.tensor([0.5, 1.0], dtype=torch.float64)), K)
+    assert type(dev.betas) is torch.Tensor and dev.betas.device.type == "cpu" and dev.betas.tolist() == [0.5, 1.0]
+
+
+def test_check_tokens_messages_bounds_and_dtype():
+    from diffusion_lab.categorical import check_tokens
+    with pytest.raises(TypeError, match=r"^x0 must be a torch.Tensor of integer tokens, got list$"):
+        check_tokens("x0", [0, 1], K)
+    for dtype in (torch.float32, torch.complex64, torch.bool):
+        with pytest.raises(TypeError, match=rf"^xt must hold integer tokens \(e.g. torch.long\), got dtype {dtype}$"):
+            check_tokens("xt", torch.zeros(2, dtype=dtype), K)
+    # values in [0, K - 1], or [0, K] with the mask K
+    for x, mask, lo, hi in (([0, 3], False, 0, 3), ([-1, 2], False, -1, 2), ([0, 4], True, 0, 4), ([-1, 3], True, -1, 3)):
+        what = r"\[0, 3\] \(3 = mask\)" if mask else r"\[0, 2\]"
+        with pytest.raises(ValueError, match=rf"^tok must hold categories in {what}, got values from {lo} to {hi}$"):
+            check_tokens("tok", torch.tensor(x), K, mask=mask)
+    with pytest.raises(ValueError, match=r"^tok must hold categories in \[0, 2\], got values from 0 to 3$"):
+        check_tokens("tok", torch.tensor([0, 3]), K)                          # the mask is not allowed by default
+    for x, mask in (([0, 2], False), ([0, 3], True), ([3, 3], True)):
+        out = check_tokens("tok", torch.tensor(x, dtype=torch.int32), K, mask=mask)
+        assert out.dtype == torch.long and out.tolist() == x
+    empty = check_tokens("tok", torch.zeros(0, dtype=torch.uint8), K)      # nothing to check: accepted, as long
+    assert empty.dtype == torch.long and empty.shape == (0,)
