@@ -428,3 +428,15 @@ def test_oracle_checks_its_table_with_exact_messages():
             dl.MaskedOracle(bad)
     with pytest.raises(ValueError, match=r"^K must be an integer in \[2, inf\], got 1$"):
         dl.MaskedOracle(torch.ones(1, 1))
+
+
+def test_sampler_draws_only_from_its_generator():
+    def model(xt, t, cond=None):
+        return torch.zeros(*xt.shape, K)
+    state = torch.get_rng_state()
+    a = dl.masked_diffusion_sample(model, (8, L), steps=3, K=K, generator=torch.Generator().manual_seed(71))
+    assert torch.equal(torch.get_rng_state(), state)          # no global draw (the token or the reveal draw)
+    torch.manual_seed(123)
+    b = dl.masked_diffusion_sample(model, (8, L), steps=3, K=K, generator=torch.Generator().manual_seed(71))
+    torch.set_rng_state(state)
+    assert torch.equal(a, b)
