@@ -3,6 +3,7 @@ length 3 on 4 symbols: the loss at fixed t against enumeration, the NLL against 
 shrinking with the number of steps, the sampler reproducing the distribution (total variation with a stated
 bound), a short training run that learns the correlations, the shipped digits checkpoint, and bad input."""
 import math
+import re
 
 import pytest
 import torch
@@ -227,3 +228,215 @@ def test_trainer_keeps_float64_off_the_device_and_does_not_sync_per_step():
                                                  warmup=2, net=dict(hidden=16, depth=1, emb_dim=8, token_dim=4))[1]
     losses, _ = _check("train_masked_diffusion", run(3), run(9))
     assert len(losses) == 9 and all(isinstance(v, float) and math.isfinite(v) for v in losses)
+
+
+class _TableLogits:
+    """A spy model: logits W[x_t] + position term (float32), recording every (x_t, t, cond) it is given."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(21)
+        self.W = torch.randn(K + 1, K, generator=g)
+        self.P = torch.randn(L, K, generator=g)
+        self.calls = []
+
+    def __call__(self, xt, t, cond=None):
+        self.calls.append((xt.clone(), t.clone(), cond))
+        return self.W[xt] + self.P
+
+
+def _loss_by_hand(spy, x0, seed, t=None):
+    """MDLM's loss with low-discrepancy times, written out in float64: u ~ U[0, 1) and the masks drawn from the
+    generator in float64, t_b = 1 - frac(u + b/B), token i of row b masked when U_bi < t_b; the loss is the batch
+    mean of (1/t_b) sum over masked tokens of -log softmax(logits)[x_0], per token. Also returns x_t and t."""
+    g = torch.Generator().manual_seed(seed)
+    B = x0.shape[0]
+    if t is None:
+        u = float(torch.rand((), generator=g, dtype=torch.float64))
+        t = torch.tensor([1 - math.fmod(u + b / B, 1.0) for b in range(B)], dtype=torch.float64)
+    U = torch.rand(x0.shape, generator=g, dtype=torch.float64)
+    mask = U < t.double()[:, None]
+    xt = torch.where(mask, K, x0)
+    logp = torch.log_softmax((spy.W[xt] + spy.P).double(), -1).gather(-1, x0[..., None]).squeeze(-1)
+    per_row = -(logp * mask).sum(1) / t.float().double()
+    return float(per_row.mean()) / L, xt, t
+
+
+def test_loss_replayed_by_hand_with_low_discrepancy_times_cond_and_generator():
+    # kills: u, the strata b/B, frac, the masks drawn otherwise (dtype, generator), cond or the generator not
+    # passed on, L read from x0[1] (a batch of one)
+    cond = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 1, 0, 0, 1, 0])
+    for B, seed in ((16, 31), (1, 32)):
+        x0, spy = _draw(B, seed), _TableLogits()
+        want, xt, t = _loss_by_hand(spy, x0, seed)
+        got = dl.masked_diffusion_loss(spy, x0, cond[:B], torch.Generator().manual_seed(seed), K=K)
+        assert len(spy.calls) == 1
+        seen_xt, seen_t, seen_cond = spy.calls[0]
+        assert torch.equal(seen_xt, xt) and seen_cond is not None and torch.equal(seen_cond, cond[:B])
+        assert seen_t.dtype == torch.float32 and torch.equal(seen_t, t.float()), (seen_t, t)
+        assert abs(float(got) - want) < 1e-6 * abs(want), (float(got), want)
+        if B == 16:         # the strata: B times evenly spaced by 1/B in (0, 1]
+            gaps = t.sort().values.diff()
+            assert torch.allclose(gaps, torch.full((15,), 1 / 16, dtype=torch.float64)) and 0 < t.min() and t.max() <= 1
+    # fixed times, t = 1 allowed (every token masked)
+    x0, spy = _draw(4, 33), _TableLogits()
+    t = torch.tensor([1.0, 0.25, 0.5, 1.0])
+    want, xt, _ = _loss_by_hand(spy, x0, 34, t)
+    got = dl.masked_diffusion_loss(spy, x0, generator=torch.Generator().manual_seed(34), K=K, t=t)
+    assert torch.equal(spy.calls[0][0], xt) and bool((xt[[0, 3]] == K).all())
+    assert abs(float(got) - want) < 1e-6 * abs(want), (float(got), want)
+
+
+def test_loss_bad_input_messages_found_by_mutation():
+    oracle = dl.MaskedOracle(P.reshape(K, K, K))
+    x = _draw(4, 0)
+
+    def nan(xt, t, cond=None):
+        return torch.full((*xt.shape, K), float("nan"))
+    msg = r"model returned non-finite logits (NaN or inf) at t in [0.3, 0.3]: the model is broken or diverged"
+    with pytest.raises(ValueError, match="^" + re.escape(msg) + "$"):
+        dl.masked_diffusion_loss(nan, x, K=K, t=torch.full((4,), 0.3))
+    with pytest.raises(ValueError, match=re.escape("cond must be None or an integer tensor of labels with shape (4,), got (3,)")):
+        dl.masked_diffusion_loss(oracle, x, cond=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="^generator must be a torch.Generator or None, got int$"):
+        dl.masked_diffusion_loss(oracle, x, generator=0)
+    with pytest.raises(TypeError, match="^t must be a torch.Tensor, got list$"):
+        dl.masked_diffusion_loss(oracle, x, t=[0.5] * 4)
+    for bad in (1.5, 1.0 + 1e-6):
+        with pytest.raises(ValueError, match=re.escape("t must have shape (4,) with values in (0, 1], got shape (4,)")):
+            dl.masked_diffusion_loss(oracle, x, t=torch.tensor([0.5, 0.5, bad, 0.5], dtype=torch.float64))
+
+
+def test_oracle_logits_are_the_enumerated_log_posterior():
+    # x_t = (mask, 2, mask): p(x_0^0 = a | x_t) = sum_c p(a, 2, c) / sum_{a, c} p(a, 2, c), written out
+    oracle = dl.MaskedOracle(P.reshape(K, K, K))
+    out = oracle(torch.tensor([[K, 2, K], [K, K, K]]))
+    table = P.reshape(K, K, K)
+    want0 = table[:, 2, :].sum(1) / table[:, 2, :].sum()
+    want2 = table[:, 2, :].sum(0) / table[:, 2, :].sum()
+    torch.testing.assert_close(out[0, 0].double().exp(), want0, rtol=1e-6, atol=0)
+    torch.testing.assert_close(out[0, 2].double().exp(), want2, rtol=1e-6, atol=0)
+    torch.testing.assert_close(out[0, 1].double().exp(), torch.eye(K, dtype=torch.float64)[2], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[1].double().exp(), torch.stack(MARGINALS), rtol=1e-6, atol=0)
+
+
+def test_trainer_options_labels_callback_progress_and_messages_found_by_mutation(capsys):
+    x = _draw(64, 41)
+    net = dict(hidden=8, depth=1, emb_dim=4, token_dim=2)
+    # a TrainConfig given positionally is used; net options reach TokenMLP; num_classes = labels.max() + 1
+    steps = []
+    state = torch.get_rng_state()
+    model, losses = dl.train_masked_diffusion(x, torch.ones(64, dtype=torch.long),
+                                              dl.TrainConfig(steps=3, batch_size=8, warmup=1, net=net, progress=True),
+                                              callback=lambda d: steps.append((d["step"], d["loss"])))
+    assert torch.equal(torch.get_rng_state(), state)      # every draw from the seeded generator, none global
+    assert len(losses) == 3 and [s for s, _ in steps] == [0, 1, 2] and [v for _, v in steps] == losses
+    assert "train_masked_diffusion: 100%" in capsys.readouterr().err
+    assert model.config["num_classes"] == 2 and model.config["hidden"] == 8 and model.config["K"] == K
+    # the labels reach the model: a spy sees label 1 (p_uncond = 0) or the null label 2 (p_uncond = 1)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(K))
+
+        def forward(self, xt, t, cond=None):
+            seen.append(cond)
+            return self.w.expand(*xt.shape, K)
+    for p_uncond, label in ((0.0, 1), (1.0, 2)):
+        seen.clear()
+        dl.train_masked_diffusion(x, torch.ones(64, dtype=torch.long), model=Spy(), steps=2, batch_size=8,
+                                  p_uncond=p_uncond, ema_decay=None, progress=False)
+        assert len(seen) == 2 and all(c is not None and bool((c == label).all()) for c in seen), (p_uncond, seen)
+    # without labels (cond None), and with K = 2
+    seen.clear()
+    dl.train_masked_diffusion(x, model=Spy(), steps=1, batch_size=8, ema_decay=None, progress=False)
+    assert seen == [None]
+    _, losses2 = dl.train_masked_diffusion((x > 1).long(), steps=1, batch_size=8, progress=False, net=net)
+    assert len(losses2) == 1
+    for tokens, kw in ((torch.zeros(4, 3, dtype=torch.long), {}), (x, {"K": 1})):
+        with pytest.raises(ValueError, match=r"^K must be an integer in \[2, inf\], got 1$"):
+            dl.train_masked_diffusion(tokens, steps=1, **kw)
+    with pytest.raises(ValueError, match=r"^tokens must be \(N, L, \.\.\.\), got shape \(5,\)$"):
+        dl.train_masked_diffusion(torch.arange(5) % 2, steps=1)
+    with pytest.raises(ValueError, match=re.escape("cond must be None or an integer tensor of labels with shape (64,), got (3,)")):
+        dl.train_masked_diffusion(x, torch.zeros(3, dtype=torch.long), steps=1)
+
+
+def test_loss_and_trainer_keep_the_model_and_t_on_the_device():
+    from test_device_discipline import FAKE, run_on_device, to_host
+    x0, t = _draw(6, 51), torch.tensor([0.2, 0.4, 0.6, 0.8, 1.0, 0.5])
+    net = dl.TokenMLP((L,), K=K, hidden=8, depth=1, emb_dim=4, token_dim=2)
+    want = dl.masked_diffusion_loss(net, x0, generator=torch.Generator().manual_seed(52), t=t)
+    # t given on the device: the masks are drawn on the CPU and compared with t there (not mixed with the device)
+    got, rec = run_on_device(lambda: dl.masked_diffusion_loss(net.to(FAKE), x0.to(FAKE),
+                                                              generator=torch.Generator().manual_seed(52), t=t.to(FAKE)))
+    net.to("cpu")
+    assert not rec.float64, rec.float64
+    torch.testing.assert_close(to_host(got), want)
+    # a model on the device trains there when device is not given
+    dev, _ = run_on_device(lambda: next(dl.train_masked_diffusion(x0, model=net.to(FAKE), steps=1, batch_size=4,
+                                                                 progress=False)[0].parameters()).device)
+    assert dev == FAKE
+
+
+def test_sampler_defaults_progress_callback_times_and_messages_found_by_mutation(capsys):
+    calls = []
+
+    def spy(xt, t, cond=None):
+        calls.append(float(t[0]))
+        return torch.zeros(*xt.shape, K)
+    x = dl.masked_diffusion_sample(spy, (2, L), K=K, generator=torch.Generator().manual_seed(61))
+    assert len(calls) == 100 and x.dtype == torch.long       # default 100 steps, long tokens
+    assert capsys.readouterr().err == ""                      # silent by default
+    calls.clear()
+    seen = []
+    dl.masked_diffusion_sample(spy, (2, L), steps=3, K=K, progress=True, callback=lambda d: seen.append((d["step"], d["t"])))
+    assert "masked_diffusion_sample: 100%" in capsys.readouterr().err
+    # the grid t_i = 1 - i/steps in float64: model at 1, 2/3, 1/3, callback at s = 2/3, 1/3, 0
+    assert calls == [1.0, float(torch.tensor(2 / 3, dtype=torch.float32)), float(torch.tensor(1 / 3, dtype=torch.float32))]
+    assert seen == [(0, 1 - 1 / 3), (1, 1 - 2 / 3), (2, 0.0)], seen
+
+    def nan(xt, t, cond=None):
+        return torch.full((*xt.shape, K), float("nan"))
+    msg = "model returned non-finite logits (NaN or inf) at step 0 (t = 1): the model is broken or diverged"
+    with pytest.raises(ValueError, match="^" + re.escape(msg) + "$"):
+        dl.masked_diffusion_sample(nan, (2, L), steps=2, K=K)
+    with pytest.raises(ValueError, match=r"^shape entry must be an integer in \[1, inf\], got 0$"):
+        dl.masked_diffusion_sample(spy, (2, 0), K=K)
+    with pytest.raises(ValueError, match=re.escape("cond must be None or an integer tensor of labels with shape (2,), got (3,)")):
+        dl.masked_diffusion_sample(spy, (2, L), K=K, cond=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="^generator must be a torch.Generator or None, got int$"):
+        dl.masked_diffusion_sample(spy, (2, L), K=K, generator=0)
+    calls.clear()
+    with pytest.raises(TypeError, match="^callback must be callable or None, got int$"):
+        dl.masked_diffusion_sample(spy, (2, L), K=K, callback=1)
+    assert calls == []                                         # refused before any model call
+
+
+def test_oracle_checks_its_table_with_exact_messages():
+    two = dl.MaskedOracle(torch.tensor([0.25, 0.75], dtype=torch.float64))    # K = 2, L = 1; a zero entry is fine
+    assert two.config == {"K": 2, "sample_shape": (1,)}
+    torch.testing.assert_close(two(torch.tensor([[2]])).double().exp(), torch.tensor([[[0.25, 0.75]]], dtype=torch.float64))
+    assert dl.MaskedOracle(P.reshape(K, K, K)).config == {"K": K, "sample_shape": (L,)}
+    dl.MaskedOracle(torch.tensor([[0.5, 0.0], [0.25, 0.25]]))
+    with pytest.raises(TypeError, match="^probs must be a torch.Tensor, got list$"):
+        dl.MaskedOracle([0.5, 0.5])
+    for bad, total in ((torch.tensor([[0.75, 0.5], [0.0, -0.25]]), "1"), (torch.tensor([0.75, 0.75]), "1.5")):
+        with pytest.raises(ValueError, match=re.escape("probs must be a probability table of shape (K,) * L summing to 1, "
+                                                       f"got shape {tuple(bad.shape)} and sum {total}")):
+            dl.MaskedOracle(bad)
+    with pytest.raises(ValueError, match=r"^K must be an integer in \[2, inf\], got 1$"):
+        dl.MaskedOracle(torch.ones(1, 1))
+
+
+def test_sampler_draws_only_from_its_generator():
+    def model(xt, t, cond=None):
+        return torch.zeros(*xt.shape, K)
+    state = torch.get_rng_state()
+    a = dl.masked_diffusion_sample(model, (8, L), steps=3, K=K, generator=torch.Generator().manual_seed(71))
+    assert torch.equal(torch.get_rng_state(), state)          # no global draw (the token or the reveal draw)
+    torch.manual_seed(123)
+    b = dl.masked_diffusion_sample(model, (8, L), steps=3, K=K, generator=torch.Generator().manual_seed(71))
+    torch.set_rng_state(state)
+    assert torch.equal(a, b)
