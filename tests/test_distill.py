@@ -11,6 +11,17 @@ from diffusion_lab.distill import student_targets, two_step_target
 from diffusion_lab.schedules import to_working
 
 
+
+class Wrong(torch.nn.Module):
+    """A teacher whose output is self.out(x): the wrong shape or not a tensor."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x, t, cond=None):
+        return self.out(x)
+
 def test_student_timesteps_nest_in_the_teachers():
     s = dl.make_schedule("linear", 1000)
     for n in (2, 8, 64, 250):
@@ -87,13 +98,6 @@ def test_bad_input_raises_clear_errors():
         dl.progressive_distill(dl.ConsistencyModel(dl.make_velocity_net((2,)), dl.vp_path()), s, data,
                                teacher_steps=8, **kw)
 
-    class Wrong(torch.nn.Module):
-        def __init__(self, out):
-            super().__init__()
-            self.out = out
-
-        def forward(self, x, t, cond=None):
-            return self.out(x)
     with pytest.raises(ValueError, match="teacher output must have the input's shape \\(8, 2\\), got \\(8, 1\\)"):
         dl.progressive_distill(Wrong(lambda x: x[:, :1]), s, data, teacher_steps=8, **kw)
     with pytest.raises(ValueError, match="teacher output is not finite"):
@@ -223,13 +227,6 @@ def test_distillation_bad_input_messages():
                                          r"it\), got 12$"):
         dl.progressive_distill(teacher, s, data, rounds=3, teacher_steps=12, **kw)
 
-    class Wrong(torch.nn.Module):
-        def __init__(self, out):
-            super().__init__()
-            self.out = out
-
-        def forward(self, x, t, cond=None):
-            return self.out(x)
     with pytest.raises(ValueError, match=r"^teacher output must have the input's shape \(8, 2\), got tuple$"):
         dl.progressive_distill(Wrong(lambda x: (x,)), s, data, teacher_steps=8, **kw)
     with pytest.raises(ValueError, match=r"^teacher output is not finite \(NaN or inf\): the teacher is broken$"):
