@@ -11,7 +11,6 @@ from diffusion_lab.distill import student_targets, two_step_target
 from diffusion_lab.schedules import to_working
 
 
-
 class Wrong(torch.nn.Module):
     """A teacher whose output is self.out(x): the wrong shape or not a tensor."""
 
@@ -21,6 +20,7 @@ class Wrong(torch.nn.Module):
 
     def forward(self, x, t, cond=None):
         return self.out(x)
+
 
 def test_student_timesteps_nest_in_the_teachers():
     s = dl.make_schedule("linear", 1000)
