@@ -141,6 +141,22 @@ def run_on_device(fn):
     return out, rec
 
 
+def spy_on_randint(monkeypatch) -> list:
+    """Replace torch.randint by a spy that applies the rule real accelerators enforce and the simulated device does
+    not (a generator draws only on its own device: torch.randint(generator=cpu_gen, device="cuda") raises); returns
+    the list of devices it drew on, in order."""
+    real, drawn = torch.randint, []
+
+    def spy(*args, generator=None, device=None, **kw):
+        where = torch.device(device) if device is not None else torch.device("cpu")
+        if generator is not None:
+            assert where == generator.device, f"a {generator.device} generator asked to draw on {where}"
+        drawn.append(where)
+        return real(*args, generator=generator, device=device, **kw)
+    monkeypatch.setattr(torch, "randint", spy)
+    return drawn
+
+
 def to_host(x):
     return x.elem if isinstance(x, OnDevice) else x
 

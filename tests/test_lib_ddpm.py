@@ -475,16 +475,8 @@ def test_ddpm_loss_draws_t_on_the_generator_device_else_on_x0_device(monkeypatch
     # device="cuda") raises); the simulated device does not check it, a spy on torch.randint does. t is drawn on
     # the generator's device (the book's CPU generator), and without a generator on x0's device (its own RNG, no
     # host-to-device copy); the loss on the device equals the CPU loss.
-    from test_device_discipline import FAKE, run_on_device, to_host
-    real, drawn = torch.randint, []
-
-    def spy(*args, generator=None, device=None, **kw):
-        where = torch.device(device) if device is not None else torch.device("cpu")
-        if generator is not None:
-            assert where == generator.device, f"a {generator.device} generator asked to draw on {where}"
-        drawn.append(where)
-        return real(*args, generator=generator, device=device, **kw)
-    monkeypatch.setattr(torch, "randint", spy)
+    from test_device_discipline import FAKE, run_on_device, spy_on_randint, to_host
+    drawn = spy_on_randint(monkeypatch)
     model = lambda x, t, cond=None: 0.5 * x + 0.001 * t[:, None]  # noqa: E731
     s, x0 = dl.linear_schedule(100), torch.randn(16, 2, generator=_gen(80))
     loss, _ = run_on_device(lambda: dl.ddpm_loss(model, s, x0.to(FAKE), generator=_gen(81)))

@@ -652,16 +652,8 @@ def test_dsm_loss_draws_the_levels_on_the_generator_device_else_on_x_device(monk
     # device="cuda") raises), which the simulated device does not check: a spy does. The index of sigma is
     # drawn on the generator's device (the book's CPU generator), without a generator on x's device (its
     # own RNG, no host-to-device copy), as randn draws z; the levels are looked up on x's device.
-    from test_device_discipline import FAKE, run_on_device, to_host
-    real, drawn = torch.randint, []
-
-    def spy(*args, generator=None, device=None, **kw):
-        where = torch.device(device) if device is not None else torch.device("cpu")
-        if generator is not None:
-            assert where == generator.device, f"a {generator.device} generator asked to draw on {where}"
-        drawn.append(where)
-        return real(*args, generator=generator, device=device, **kw)
-    monkeypatch.setattr(torch, "randint", spy)
+    from test_device_discipline import FAKE, run_on_device, spy_on_randint, to_host
+    drawn = spy_on_randint(monkeypatch)
     sm = lambda y, s: -y / (1 + s[:, None] ** 2)  # noqa: E731
     x = torch.randn(16, 2, generator=_gen(70))
     sigmas = [0.1, 0.5, 2.0]
