@@ -413,3 +413,80 @@ def test_reflow_pairs_on_a_device_draws_x_T_there():
     ref = dl.reflow_pairs(_ct_net(), 4, steps=2, generator=_gen(3), shape=(2,))
     torch.testing.assert_close(to_host(a), ref[0], rtol=0, atol=0)
     torch.testing.assert_close(to_host(b), ref[1], rtol=0, atol=0)
+
+
+class _Recorder(torch.nn.Module):
+    """A velocity model that predicts a learned constant b and records every input (x_t, t, cond) with b."""
+
+    def __init__(self, dim=2):
+        super().__init__()
+        self.b = torch.nn.Parameter(torch.zeros(dim))
+        self.calls = []
+
+    def forward(self, x, t, cond=None):
+        self.calls.append((x.detach().clone(), t.detach().clone(), None if cond is None else cond.clone(),
+                           self.b.detach().clone()))
+        return self.b.expand_as(x)
+
+
+def _line_index(x, t, x0, eps):
+    """For each row of x, the j with x = (1 - t) x0_j + t eps_j (asserted to be exact and unique)."""
+    lines = (1 - t)[:, None, None] * x0[None] + t[:, None, None] * eps[None]      # (B, N, D)
+    dist = (x[:, None] - lines).norm(dim=-1)                                        # (B, N)
+    best = dist.topk(2, dim=1, largest=False).values
+    assert best[:, 0].max() < 1e-5 and best[:, 1].min() > 1e-3, "x_t is not (1 - t) x0 + t eps of one training pair"
+    return dist.argmin(dim=1)
+
+
+def test_train_flow_batches_written_out(monkeypatch, capsys):
+    """train_flow's every batch, read off a model that records its inputs: x_t = (1 - t) x0_j + t eps_j of one
+    training pair j (the given pairs, or minibatch OT's coupling of the batch), t in (0, 1) drawn as asked, the
+    labels of those pairs (or all null labels at p_uncond = 1), and the logged loss the mean of
+    (b - (eps_j - x0_j))^2 for the constant prediction b. Also: a frozen model is unfrozen and trained, the
+    config object and the overrides both hold, net options and the label count reach a new network, the callback
+    and the progress bar's name. Fast (a few steps of a 2-parameter model): mutmut's timeouts in train_flow
+    (issue 17) came from every mutant retraining the slow tests."""
+    data = torch.randn(6, 2, generator=_gen(21))
+    pairs = torch.randn(6, 2, generator=_gen(22))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    rec = _Recorder().requires_grad_(False)                     # as reflow hands over frozen EMA weights
+    seen = []
+    config = dl.TrainConfig(steps=3, lr=0.1, ema_decay=None, progress=False)
+    model, losses = dl.train_flow(data, labels, config, pairs=pairs, model=rec, batch_size=4, p_uncond=0.0,
+                                  callback=lambda d: seen.append(d["step"]))
+    assert model is rec and len(rec.calls) == 3 and len(losses) == 3 and seen == [0, 1, 2]
+    for (x, t, cond, b), loss in zip(rec.calls, losses):
+        assert x.shape == (4, 2) and t.shape == (4,) and bool(((t > 0) & (t < 1)).all())
+        j = _line_index(x, t, data, pairs)
+        assert torch.equal(cond, labels[j])
+        assert loss == pytest.approx(float(((b - (pairs[j] - data[j])) ** 2).mean()), rel=1e-5)
+    assert not torch.equal(rec.calls[0][3], rec.calls[2][3])   # b moved: the frozen model was trained
+    # p_uncond = 1: every label is the null label num_classes = 3
+    rec = _Recorder()
+    dl.train_flow(data, labels, pairs=pairs, model=rec, steps=2, batch_size=4, p_uncond=1.0, progress=False)
+    assert all(torch.equal(c, torch.full((4,), 3)) for _, _, c, _ in rec.calls)
+    # the times: logit(t) ~ N(0, 1) for logit_normal (SD3), std pi / sqrt(3) = 1.81 for uniform
+    for t_sampling, std in (("uniform", math.pi / math.sqrt(3)), ("logit_normal", 1.0)):
+        rec = _Recorder()
+        dl.train_flow(torch.randn(512, 2, generator=_gen(23)), model=rec, t_sampling=t_sampling, steps=1,
+                      batch_size=512, progress=False)
+        t = rec.calls[0][1]
+        assert float(torch.logit(t.double()).std()) == pytest.approx(std, rel=0.15), t_sampling
+    # minibatch OT: the batch's data rows (on the host) coupled by ot_coupling, and x_t on those coupled lines
+    spied = []
+
+    def spy(x0, eps):
+        out = dl.ot_coupling(x0, eps)
+        spied.append((x0.clone(), out.clone()))
+        return out
+    monkeypatch.setattr(dl.flow, "ot_coupling", spy)
+    rec = _Recorder()
+    dl.train_flow(data, coupling="ot", model=rec, steps=2, batch_size=4, progress=False)
+    assert len(spied) == 2
+    for (x0, eps), (x, t, _, _) in zip(spied, rec.calls):
+        assert x0.device.type == "cpu" and _line_index(x0, torch.zeros(4), data, data).shape == (4,)
+        assert torch.equal(_line_index(x, t, x0, eps), torch.arange(4))
+    # a new network: the sample shape, the label count and the net options reach it; the bar is named
+    model, _ = dl.train_flow(data, labels, steps=1, batch_size=4, net={"hidden": 16}, progress=True)
+    assert (model.config["sample_shape"], model.config["num_classes"], model.config["hidden"]) == ((2,), 3, 16)
+    assert "train_flow" in capsys.readouterr().err
