@@ -393,6 +393,9 @@ def _train(kind, steps, **kw):
         if kind == "flow, minibatch OT":
             return dl.train_flow(x, steps=steps, device=FAKE, coupling="ot", net=dict(hidden=16, depth=1, emb_dim=8),
                                  **TINY, **kw)[1]
+        if kind == "flow, reflow pairs":
+            return dl.train_flow(x, pairs=torch.randn(x.shape, generator=torch.Generator().manual_seed(1)), steps=steps,
+                                 device=FAKE, net=dict(hidden=16, depth=1, emb_dim=8), **TINY, **kw)[1]
         if kind == "flow cond, logit-normal t":
             return dl.train_flow(x, y, steps=steps, device=FAKE, t_sampling="logit_normal",
                                  net=dict(hidden=16, depth=1, emb_dim=8), **TINY, **kw)[1]
@@ -400,13 +403,23 @@ def _train(kind, steps, **kw):
     return run
 
 
-TRAINERS = ["ddpm", "ddpm cond", "score", "vae", "classifier", "flow", "flow, minibatch OT", "flow cond, logit-normal t"]
+TRAINERS = ["ddpm", "ddpm cond", "score", "vae", "classifier", "flow", "flow, minibatch OT", "flow, reflow pairs",
+            "flow cond, logit-normal t"]
 
 
 @pytest.mark.parametrize("kind", TRAINERS)
 def test_trainer_keeps_float64_off_the_device_and_does_not_sync_per_step(kind):
     losses, _ = _check(f"train {kind}", _train(kind, 3), _train(kind, 9))
     assert len(losses) == 9 and all(isinstance(v, float) for v in losses)
+
+
+def test_flow_trainer_copies_the_data_to_the_host_only_for_minibatch_ot():
+    """train_flow without OT syncs exactly as often as train_ddpm (the loss read-backs): no host copy of the data,
+    which only minibatch OT needs (issue 17's mutation run: a host copy made for every coupling survived)."""
+    (_, ddpm), (_, flow) = run_on_device(_train("ddpm", 3)), run_on_device(_train("flow", 3))
+    (_, pairs), (_, ot) = run_on_device(_train("flow, reflow pairs", 3)), run_on_device(_train("flow, minibatch OT", 3))
+    assert len(flow.syncs) == len(pairs.syncs) == len(ddpm.syncs), (flow.syncs, ddpm.syncs)
+    assert len(ot.syncs) == len(ddpm.syncs) + 1, ot.syncs          # the one host copy of the data
 
 
 def test_trainer_reads_losses_back_once_per_chunk_with_the_cpu_numbers():
