@@ -91,6 +91,11 @@ class Recorder(TorchDispatchMode):
             self.syncs.append(f"copy_ to the CPU at {_where()}")
         to_device = target == FAKE
         moved64 = False
+        gen = kwargs.get("generator")
+        if to_device and gen is not None and gen.device.type == "cpu":
+            # As real accelerators do: a CPU generator cannot draw device noise.
+            raise RuntimeError(f"{func} draws on the device with a CPU generator at {_where()} (on an "
+                               f"accelerator: Expected a 'cuda' device type for generator but found 'cpu')")
         if to_device:
             kwargs = dict(kwargs, device=torch.device("cpu"))
             src = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -487,6 +492,9 @@ def test_harness_catches_float64_and_syncs():
     assert len(rec.syncs) == 3 and len(rec.float64) == 3, (rec.syncs, rec.float64)
     with fake_device(), pytest.raises(RuntimeError, match="mixes a device tensor"):
         torch.ones(3).to(FAKE) + torch.ones(3)
+    for draw in (torch.rand, torch.randn):
+        with fake_device(), pytest.raises(RuntimeError, match="draws on the device with a CPU generator"):
+            draw(3, generator=torch.Generator(), device=FAKE)
 
 
 def test_conditional_net_still_rejects_bad_labels_on_a_device():

@@ -111,6 +111,25 @@ def test_logit_normal_times_follow_sd3():
     assert abs(float(logit.mean())) < 4 / math.sqrt(20000) and abs(float(logit.std()) - 1) < 4 / math.sqrt(2 * 20000)
 
 
+def test_flow_matching_loss_draws_from_the_generator_in_x0s_dtype():
+    """flow_matching_loss draws eps ~ N(0, I) in x0's dtype and then t, both from the generator alone (the global
+    RNG is reseeded in between and changes nothing): the model sees t in x0's dtype and x_t = (1 - t) x0 + t eps,
+    and the loss is the mean of (v - (eps - x0))^2. 24 float64 entries: float32 draws would differ."""
+    x0 = torch.randn(8, 3, generator=_gen(30), dtype=torch.float64)
+    for t_sampling in ("uniform", "logit_normal"):
+        g = _gen(31)
+        eps = torch.randn(8, 3, generator=g, dtype=torch.float64)
+        t = torch.rand(8, generator=g) if t_sampling == "uniform" else torch.sigmoid(torch.randn(8, generator=g))
+        for global_seed in (1, 2):
+            torch.manual_seed(global_seed)
+            rec = _Recorder(3).double()
+            loss = dl.flow_matching_loss(rec, x0, generator=_gen(31), t_sampling=t_sampling)
+            x, t_seen, _, b = rec.calls[0]
+            assert t_seen.dtype == torch.float64 and torch.equal(t_seen, t.double()), t_sampling
+            torch.testing.assert_close(x, (1 - t_seen[:, None]) * x0 + t_seen[:, None] * eps, rtol=0, atol=1e-15)
+            assert float(loss.detach()) == pytest.approx(float(((b - (eps - x0)) ** 2).mean()), rel=1e-12)
+
+
 # ---- oracle ------------------------------------------------------------------------------------------------
 def _sw(a, b):
     return dl.sliced_wasserstein(a, b, n_projections=128, generator=_gen(99))
@@ -473,10 +492,11 @@ def test_train_flow_batches_written_out(monkeypatch, capsys):
     runs = []
     for global_seed in (1, 2):
         torch.manual_seed(global_seed)
-        rec, ot = _Recorder(), _Recorder()
+        rec, ot, indep = _Recorder(), _Recorder(), _Recorder()
         dl.train_flow(data, labels, pairs=pairs, model=rec, steps=2, batch_size=4, p_uncond=0.5, progress=False)
         dl.train_flow(data, coupling="ot", model=ot, steps=2, batch_size=4, progress=False)
-        runs.append([c for _, _, c, _ in rec.calls] + [x for x, _, _, _ in ot.calls])
+        dl.train_flow(data, model=indep, steps=2, batch_size=4, progress=False)
+        runs.append([c for _, _, c, _ in rec.calls] + [x for m in (rec, ot, indep) for x, _, _, _ in m.calls])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
     assert {int(v) for c in runs[0][:2] for v in c} >= {3} and len({int(v) for c in runs[0][:2] for v in c}) > 1
     # the times: logit(t) ~ N(0, 1) for logit_normal (SD3), std pi / sqrt(3) = 1.81 for uniform
@@ -503,6 +523,10 @@ def test_train_flow_batches_written_out(monkeypatch, capsys):
     spied.clear()                                               # float64 data get float64 noise
     dl.train_flow(data.double(), coupling="ot", model=_Recorder().double(), steps=1, batch_size=4, progress=False)
     assert spied[0][1].dtype == torch.float64
+    real_randn, drawn = dl.flow.randn, []
+    monkeypatch.setattr(dl.flow, "randn", lambda *a, **k: drawn.append(real_randn(*a, **k)) or drawn[-1])
+    dl.train_flow(data.double(), model=_Recorder().double(), steps=1, batch_size=4, progress=False)
+    assert [d.dtype for d in drawn] == [torch.float64]
     # a new network: the sample shape, the label count and the net options reach it; the bar is named
     model, _ = dl.train_flow(data, labels, steps=1, batch_size=4, net={"hidden": 16}, progress=True)
     assert (model.config["sample_shape"], model.config["num_classes"], model.config["hidden"]) == ((2,), 3, 16)
