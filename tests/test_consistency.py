@@ -249,3 +249,178 @@ def test_shipped_digits_consistency_model_samples_recognisable_digits_in_one_cal
     x0 = dl.consistency_sample(untrained, model.path, (100, 1, 8, 8), steps=1, cond=cond,
                                generator=torch.Generator().manual_seed(0))
     assert dl.classifier_accuracy(judge, x0, cond) < 0.5
+
+
+# ---- found by mutation testing (issue 17) -----------------------------------------------------------------------
+class _SquarePlusOne(torch.nn.Module):
+    """F(y, t, cond) = y^2 + 1, recording t and cond: f = a_min [c_skip x / a + c_out ((c_in x / a)^2 + 1)] is a
+    quadratic in x whose three coefficients give c_out, c_skip and c_in separately."""
+    config = {"sample_shape": (2,), "hidden": 7}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, y, t, cond=None):
+        self.seen.append((t, cond))
+        return y ** 2 + 1
+
+
+@pytest.mark.parametrize("path", [dl.vp_path(t_min=0.05), dl.ve_path(0.002, 80.0)], ids=["vp", "ve"])
+@pytest.mark.parametrize("s", [0.5, 0.7])
+def test_consistency_model_parameterisation_written_out(path, s):
+    """Song et al. 2023, Appendix C in EDM's units (r = sigma / alpha): c_skip = s^2 / ((r - r_min)^2 + s^2),
+    c_out = s (r - r_min) / sqrt(s^2 + r^2), c_in = 1 / sqrt(s^2 + r^2), all times a_min (x / alpha in, data
+    units out). Read off f(0), f(1) and f(-1) of F(y) = y^2 + 1 in float64; the config is the net's plus s."""
+    net = _SquarePlusOne()
+    model = dl.ConsistencyModel(net, path, sigma_data=s)
+    assert model.config == {"sample_shape": (2,), "hidden": 7, "sigma_data": s}
+    t = torch.tensor([0.1, 0.4, 0.9], dtype=torch.float64)
+    a, r = path.alpha(t), path.sigma(t) / path.alpha(t)
+    a_min = float(path.alpha(path.t_min))
+    r_min = float(path.sigma(path.t_min)) / a_min
+    c_skip = s ** 2 / ((r - r_min) ** 2 + s ** 2)
+    c_out = s * (r - r_min) / torch.sqrt(s ** 2 + r ** 2)
+    c_in = 1 / torch.sqrt(s ** 2 + r ** 2)
+    f = {v: model(torch.full((3, 2), float(v), dtype=torch.float64), t, cond=torch.tensor([1, 0, 1]))[:, 0]
+         for v in (0, 1, -1)}
+    torch.testing.assert_close(f[0], a_min * c_out, rtol=1e-12, atol=0)                        # constant
+    torch.testing.assert_close((f[1] - f[-1]) / 2, a_min * c_skip / a, rtol=1e-12, atol=0)      # linear
+    torch.testing.assert_close((f[1] + f[-1]) / 2 - f[0], a_min * c_out * c_in ** 2 / a ** 2, rtol=1e-12, atol=0)
+    t_seen, cond_seen = net.seen[0]
+    assert torch.equal(t_seen, t) and torch.equal(cond_seen, torch.tensor([1, 0, 1]))
+
+
+def test_consistency_model_checks_its_arguments_and_the_ends_of_t():
+    """sigma_data > 0 and net a Module, named in the message; t above t_max is refused; a float32-rounded t_max
+    counts as t_max only for float32 x (linear_path(0.999): float32(0.999) is 1.3e-8 above it)."""
+    with pytest.raises(TypeError, match=r"net must be a torch.nn.Module F\(x, t, cond\), got str"):
+        dl.ConsistencyModel("net", dl.vp_path())
+    for s in (0, -1.0):
+        with pytest.raises(ValueError, match=r"sigma_data must be in \(0, inf\]"):
+            dl.ConsistencyModel(_SquarePlusOne(), dl.vp_path(), sigma_data=s)
+    path = dl.linear_path(0.999)
+    model = dl.ConsistencyModel(_SquarePlusOne(), path)
+    with pytest.raises(ValueError, match=r"t must be in \[t_min, t_max\] = \[0, 0.999\].*got values from 0.5 to 1"):
+        model(torch.zeros(2, 2), torch.tensor([0.5, 1.0]))
+    t32 = float(torch.tensor(0.999, dtype=torch.float32))
+    assert model(torch.zeros(2, 2), t32).shape == (2, 2)
+    with pytest.raises(ValueError, match="t must be in"):
+        model(torch.zeros(2, 2, dtype=torch.float64), t32)
+
+
+def test_consistency_times_written_out():
+    """On linear_path(0.999), r = t / (1 - t) and t = r / (1 + r): t_max, then the first steps - 1 interior
+    points of the Karras grid (rho = 7) of steps + 1 levels from r(t_max) = 999 down to max(r(t_min), 1e-12 r_max)
+    (r(t_min) = 0 here), in float64."""
+    r_hi = 0.999 / (1 - 0.999)
+    r_lo = 1e-12 * r_hi
+    for steps in (1, 2, 5):
+        i = torch.arange(steps + 1, dtype=torch.float64)
+        r = (r_hi ** (1 / 7) + i / steps * (r_lo ** (1 / 7) - r_hi ** (1 / 7))) ** 7
+        expected = [0.999] + (r / (1 + r))[1:steps].tolist()
+        got = dl.consistency_times(dl.linear_path(0.999), steps)
+        assert len(got) == steps and got == pytest.approx(expected, rel=1e-13, abs=0)
+    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, inf\], got 0"):
+        dl.consistency_times(dl.linear_path(0.999), 0)
+
+
+def test_multistep_consistency_sampling_written_out():
+    """Algorithm 1 with f = identity, float64: x_1 = x_T, then x_2 = k x_T + std z with k = alpha(tau) / alpha(t_min),
+    std = sqrt(sigma(tau)^2 - k^2 sigma(t_min)^2) and z the generator's next normal draw (x_T given). vp_path(t_min
+    = 0.05) makes the k^2 sigma(t_min)^2 term 2% of sigma(tau)^2. The callback gets i, t and x; the model is
+    called with the step index (a NaN names step 1); explicit times are checked."""
+    path = dl.vp_path(t_min=0.05)
+    seen = []
+
+    def identity(x, t, cond=None):
+        seen.append(t)
+        return x
+    x_T = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    calls = []
+    out = dl.consistency_sample(identity, path, (4, 3), steps=2, x_T=x_T, times=[1.0, 0.3],
+                                generator=torch.Generator().manual_seed(2), callback=calls.append)
+    z = torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    tau = torch.tensor(0.3, dtype=torch.float64)
+    k = float(path.alpha(tau) / path.alpha(path.t_min))
+    std = math.sqrt(float(path.sigma(tau)) ** 2 - k ** 2 * float(path.sigma(path.t_min)) ** 2)
+    assert float(path.sigma(path.t_min)) ** 2 * k ** 2 > 0.015 * float(path.sigma(tau)) ** 2
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, k * x_T + std * z, rtol=1e-12, atol=1e-12)
+    assert [(c["i"], c["t"]) for c in calls] == [(0, 1.0), (1, 0.3)] and torch.equal(calls[1]["x"], out)
+    assert [float(t[0]) for t in seen] == pytest.approx([1.0, 0.3])
+
+    def nan_second(x, t, cond=None):
+        return x * math.nan if float(t[0]) < 1 else x
+    with pytest.raises(ValueError, match="at step 1"):
+        dl.consistency_sample(nan_second, path, (4, 3), steps=2, generator=torch.Generator().manual_seed(2))
+    with pytest.raises(ValueError, match=r"times entry must be in \(0.05, 1.0\]"):
+        dl.consistency_sample(identity, path, (4, 3), steps=2, times=[1.0, 0.05])
+    with pytest.raises(ValueError, match=r"times entry must be in \(0.05, 1.0\]"):
+        dl.consistency_sample(identity, path, (4, 3), steps=1, times=[1.5])
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        dl.consistency_sample(identity, path, (4, 3), steps=2, times=[0.5, 0.5])
+    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, inf\], got 0"):
+        dl.consistency_sample(identity, path, (4, 3), steps=0, times=[])
+    with pytest.raises(TypeError, match="callback must be callable or None, got int"):
+        dl.consistency_sample(identity, path, (4, 3), callback=3)
+
+
+def test_multistep_consistency_sampling_on_a_device_gives_the_cpu_numbers():
+    """On the simulated accelerator of test_device_discipline.py, a callable model (no parameters) samples on the
+    device it is given, re-noising there, with the CPU run's numbers."""
+    from test_device_discipline import FAKE, run_on_device, to_host
+
+    def sample(device):
+        return dl.consistency_sample(lambda x, t, cond=None: 0.5 * x, dl.vp_path(), (4, 2), steps=3,
+                                     generator=torch.Generator().manual_seed(3), device=device)
+    out, _ = run_on_device(lambda: sample(FAKE))
+    assert out.device == FAKE
+    torch.testing.assert_close(to_host(out), sample("cpu"), rtol=0, atol=0)
+
+
+def test_exact_consistency_function_solvers_conditions_and_dtypes():
+    """Heun converges at order 2 and RK4 at order 4 to the Gaussian closed form (halving the steps multiplies the
+    error by about 4 and 16); a labelled mixture conditioned on one label is that component's closed form; float32
+    in gives the float64 answer rounded once; the argument checks name what they check."""
+    path = dl.vp_path()
+    mu, var = torch.tensor([1.0, -0.5], dtype=torch.float64), torch.tensor([0.09, 0.49], dtype=torch.float64)
+    gauss = dl.GaussianMixture(mu[None], covs=torch.diag(var)[None])
+    x = torch.tensor([[0.3, -1.2], [1.5, 0.4]], dtype=torch.float64)
+    t = torch.tensor([0.9, 0.6], dtype=torch.float64)
+    exact = _gaussian_f(mu, var, path, x, t)
+    for method, order in (("heun", 2), ("rk4", 4)):
+        err = [float((dl.exact_consistency_function(gauss, path, x, t, steps=n, method=method) - exact).abs().max())
+               for n in (4, 8)]
+        assert err[0] / err[1] == pytest.approx(2 ** order, rel=0.25), (method, err)
+    mix = dl.GaussianMixture([[-2.0, 0.0], mu.tolist()], covs=torch.stack([torch.eye(2) * 0.04, torch.diag(var)]),
+                             labels=[0, 1])
+    got = dl.exact_consistency_function(mix, path, x, t, cond=torch.tensor([1, 1]))
+    torch.testing.assert_close(got, exact, rtol=1e-8, atol=1e-8)
+    x32 = x.float()
+    got32 = dl.exact_consistency_function(gauss, path, x32, t)
+    assert got32.dtype == torch.float32
+    assert torch.equal(got32, dl.exact_consistency_function(gauss, path, x32.double(), t).float())
+    with pytest.raises(TypeError, match="GaussianMixture, got str"):
+        dl.exact_consistency_function("ring", path, x, 0.5)
+    with pytest.raises(ValueError, match="x must be finite"):
+        dl.exact_consistency_function(gauss, path, x * math.nan, 0.5)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 2\), got \(2, 3\)"):
+        dl.exact_consistency_function(gauss, path, torch.zeros(2, 3), 0.5)
+    with pytest.raises(ValueError, match=r"t must be a number or have shape \(2,\), got \(2, 1\)"):
+        dl.exact_consistency_function(gauss, path, x, torch.full((2, 1), 0.5))
+    with pytest.raises(ValueError, match=r"t must be a number or have shape \(2,\), got \(3,\)"):
+        dl.exact_consistency_function(gauss, path, x, torch.full((3,), 0.5))
+    with pytest.raises(ValueError, match=r"t must be in \[t_min, t_max\] = \[0, 0.999\], got values from 0.5 to 1"):
+        dl.exact_consistency_function(gauss, dl.linear_path(0.999), x, torch.tensor([0.5, 1.0]))
+
+
+def test_exact_consistency_function_on_a_device_solves_on_the_host():
+    """x on the simulated accelerator: solved in float64 on the CPU (no float64 on the device), returned on x's
+    device with the CPU numbers."""
+    from test_device_discipline import FAKE, run_on_device, to_host
+    gauss = dl.GaussianMixture([[1.0, -0.5]], stds=0.3)
+    x = torch.tensor([[0.3, -1.2], [1.5, 0.4]])
+    out, rec = run_on_device(lambda: dl.exact_consistency_function(gauss, dl.vp_path(), x.to(FAKE), 0.7, steps=5))
+    assert out.device == FAKE and not rec.float64
+    assert torch.equal(to_host(out), dl.exact_consistency_function(gauss, dl.vp_path(), x, 0.7, steps=5))
