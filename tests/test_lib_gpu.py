@@ -146,3 +146,15 @@ def test_elbo_metrics_and_checkpoints_with_cuda(tmp_path):
     path = dl.save_checkpoint(tmp_path / "m.pt", net.to(CUDA))
     loaded, _ = dl.load_checkpoint(path, map_location="cuda")
     assert next(loaded.parameters()).device.type == "cuda"
+
+
+def test_flow_loss_draws_with_a_cuda_generator_on_cuda():
+    """A generator on the GPU draws t and eps there (issue 17: five mutants of flow.sample_t that draw on the CPU
+    default device survive every CPU test, and would fail here with a CUDA generator)."""
+    x0 = torch.randn(64, 2, generator=_gen(20)).to(CUDA)
+    model = _tiny_mlp().to(CUDA)
+    for t_sampling in ("uniform", "logit_normal"):
+        g = torch.Generator(device=CUDA).manual_seed(21)
+        loss = dl.flow_matching_loss(lambda x, t, c=None: model(x, t * 1000, c), x0, generator=g,
+                                     t_sampling=t_sampling)
+        assert loss.device.type == "cuda" and bool(torch.isfinite(loss))
