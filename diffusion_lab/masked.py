@@ -133,7 +133,7 @@ def _count_weights(L: int, steps: int | None):
         return 1 / m, None
     s = torch.arange(1, steps + 1, dtype=torch.float64) / steps                      # t = s / T
     logw = -torch.log(s * steps)[None] + m[:, None] * torch.log(s)[None] + torch.xlogy(L - m[:, None], 1 - s[None])
-    log_binom = torch.lgamma(torch.tensor(L + 1.0)) - torch.lgamma(m + 1) - torch.lgamma(L - m + 1)
+    log_binom = math.lgamma(L + 1) - torch.lgamma(m + 1) - torch.lgamma(L - m + 1)                # float64 throughout
     logW = torch.logsumexp(logw, 1)
     # steps = 1 masks every token (W_m = 0 for m < L): those m get weight 0 and any step (there is one)
     probs = torch.where(torch.isfinite(logW)[:, None], torch.exp(logw - logW[:, None]), 1.0)

@@ -440,3 +440,70 @@ def test_sampler_draws_only_from_its_generator():
     b = dl.masked_diffusion_sample(model, (8, L), steps=3, K=K, generator=torch.Generator().manual_seed(71))
     torch.set_rng_state(state)
     assert torch.equal(a, b)
+
+
+def test_nll_weights_written_out_with_binomials():
+    """_count_weights against Python floats and math.comb: c_m = 1/m in continuous time; with T steps
+    c_m = C(L, m) W_m, W_m = sum_s (1/s) (s/T)^m (1 - s/T)^(L-m), and P(s | m) = w_m(s) / W_m, to 1e-12 (the weights
+    in float32, for m or for s = k/T, are off by 1e-8 or more); T = 1 masks every token: only m = L has weight."""
+    from diffusion_lab.masked import _count_weights
+    for Lk in (3, 7, 30):
+        c, probs = _count_weights(Lk, None)
+        assert probs is None and c.dtype == torch.float64
+        torch.testing.assert_close(c, torch.tensor([1 / m for m in range(1, Lk + 1)], dtype=torch.float64),
+                                   rtol=1e-15, atol=0)
+        for T in (1, 3, 10):
+            c, probs = _count_weights(Lk, T)
+            for m in range(1, Lk + 1):
+                w = [(1 / s) * (s / T) ** m * (1 - s / T) ** (Lk - m) for s in range(1, T + 1)]
+                W = sum(w)
+                assert float(c[m - 1]) == pytest.approx(math.comb(Lk, m) * W, rel=1e-12, abs=1e-300), (Lk, T, m)
+                if W > 0:
+                    assert probs[m - 1].tolist() == pytest.approx([v / W for v in w], rel=1e-12, abs=1e-15)
+            if T == 1:
+                assert float(c[:-1].abs().max()) == 0 and float(c[-1]) == pytest.approx(1.0, rel=1e-14)
+
+
+def test_sampler_replayed_by_hand():
+    """Ancestral unmasking written out for a fixed-logits model, 3 steps: at t = 1 - i/3 -> s, each still-masked
+    token takes the inverse-CDF draw of a float32 uniform (the first index whose float32 cumulative probability
+    reaches u) if a float64 uniform falls below (t - s) / t; both uniforms from the generator, in that order."""
+    logits = torch.tensor([[0.3, -1.0, 2.0, 0.1], [1.5, 0.0, -0.5, 0.2], [-2.0, 0.4, 0.4, 1.0]])   # (L, K)
+
+    def model(xt, t, cond=None):
+        return logits.expand(*xt.shape, K)
+    steps, shape = 3, (64, L)
+    out = dl.masked_diffusion_sample(model, shape, steps=steps, K=K, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    cdf = torch.softmax(logits, -1).cumsum(-1)
+    x = torch.full(shape, K)
+    for i in range(steps):
+        t, s = 1 - i / steps, 1 - (i + 1) / steps
+        u = torch.rand(shape, generator=g)
+        draw = torch.tensor([[min(int((cdf[j] < u[b, j]).sum()), K - 1) for j in range(L)] for b in range(shape[0])])
+        reveal = torch.rand(shape, generator=g, dtype=torch.float64) < (t - s) / t
+        x = torch.where((x == K) & reveal, draw, x)
+    assert bool((x < K).all()) and torch.equal(out, x)
+
+
+def test_sampler_never_returns_the_mask_when_a_uniform_passes_the_float32_cdf(monkeypatch):
+    """A float32 softmax's cumulative sum can end one ulp below 1 and a float32 uniform can be 1 - 2^-24 above it:
+    the inverse-CDF draw must then take the last token, not the mask K (the clamp to K - 1). The token uniform is
+    forced to 1 - 2^-24; logits found whose float32 cdf ends below it."""
+    Kb, g = 100, torch.Generator().manual_seed(0)
+    top = 1 - 2.0 ** -24
+    for _ in range(200):
+        lg = torch.randn(Kb, generator=g) * 3
+        if float(torch.softmax(lg, -1).cumsum(-1)[-1]) < top:
+            break
+    else:
+        pytest.fail("no logits with a float32 cdf ending below 1 - 2^-24 in 200 draws")
+    real_rand = torch.rand
+
+    def rand(*args, **kwargs):                  # the float32 token uniform pinned at its largest value
+        out = real_rand(*args, **kwargs)
+        return torch.full_like(out, top) if out.dtype == torch.float32 else out
+    monkeypatch.setattr(torch, "rand", rand)
+    x = dl.masked_diffusion_sample(lambda xt, t, cond=None: lg.expand(*xt.shape, Kb), (4, 2), steps=1, K=Kb,
+                                   generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x, torch.full((4, 2), Kb - 1))
