@@ -294,6 +294,7 @@ def test_consistency_model_parameterisation_written_out(path, s):
 def test_consistency_model_checks_its_arguments_and_the_ends_of_t():
     """sigma_data > 0 and net a Module, named in the message; t above t_max is refused; a float32-rounded t_max
     counts as t_max only for float32 x (linear_path(0.999): float32(0.999) is 1.3e-8 above it)."""
+    assert dl.ConsistencyModel(_SquarePlusOne(), dl.vp_path()).sigma_data == 0.5         # EDM's default
     with pytest.raises(TypeError, match=r"net must be a torch.nn.Module F\(x, t, cond\), got str"):
         dl.ConsistencyModel("net", dl.vp_path())
     for s in (0, -1.0):
@@ -409,8 +410,11 @@ def test_exact_consistency_function_solvers_conditions_and_dtypes():
         dl.exact_consistency_function(gauss, path, torch.zeros(2, 3), 0.5)
     with pytest.raises(ValueError, match=r"t must be a number or have shape \(2,\), got \(2, 1\)"):
         dl.exact_consistency_function(gauss, path, x, torch.full((2, 1), 0.5))
-    with pytest.raises(ValueError, match=r"t must be a number or have shape \(2,\), got \(3,\)"):
-        dl.exact_consistency_function(gauss, path, x, torch.full((3,), 0.5))
+    with pytest.raises(ValueError, match=r"t must be a number or have shape \(3,\), got \(2,\)"):
+        dl.exact_consistency_function(gauss, path, torch.zeros(3, 2), torch.full((2,), 0.5))
+    default = dl.exact_consistency_function(gauss, path, x, t)             # 100 RK4 steps by default
+    assert torch.equal(default, dl.exact_consistency_function(gauss, path, x, t, steps=100))
+    assert not torch.equal(default, dl.exact_consistency_function(gauss, path, x, t, steps=101))
     with pytest.raises(ValueError, match=r"t must be in \[t_min, t_max\] = \[0, 0.999\], got values from 0.5 to 1"):
         dl.exact_consistency_function(gauss, dl.linear_path(0.999), x, torch.tensor([0.5, 1.0]))
 
