@@ -460,6 +460,7 @@ def test_nll_weights_written_out_with_binomials():
                 assert float(c[m - 1]) == pytest.approx(math.comb(Lk, m) * W, rel=1e-12, abs=1e-300), (Lk, T, m)
                 if W > 0:
                     assert probs[m - 1].tolist() == pytest.approx([v / W for v in w], rel=1e-12, abs=1e-15)
+            assert probs.sum(1).tolist() == pytest.approx([1.0] * Lk, rel=1e-12)    # a law of s for every m
             if T == 1:
                 assert float(c[:-1].abs().max()) == 0 and float(c[-1]) == pytest.approx(1.0, rel=1e-14)
 
@@ -507,3 +508,66 @@ def test_sampler_never_returns_the_mask_when_a_uniform_passes_the_float32_cdf(mo
     x = dl.masked_diffusion_sample(lambda xt, t, cond=None: lg.expand(*xt.shape, Kb), (4, 2), steps=1, K=Kb,
                                    generator=torch.Generator().manual_seed(1))
     assert torch.equal(x, torch.full((4, 2), Kb - 1))
+
+
+def test_nll_replayed_by_hand_on_the_cpu_and_the_device():
+    """masked_diffusion_nll written out for the table spy model: m ~ U{1..L} (randint), float64 uniforms u (B, L),
+    the m smallest masked; continuous time: t = the m-th smallest u and c_m = 1/m; T steps: t = s/T with s drawn
+    from P(s | m) (multinomial); the estimate is c_m times the masked cross-entropy, in bits. All from the
+    generator: the global RNG reseeded in between changes nothing. A batch of one; on the simulated device the
+    masks, x_t and t reach the model there, with the CPU numbers."""
+    from test_device_discipline import FAKE, run_on_device, to_host
+
+    from diffusion_lab.masked import _count_weights
+    x0 = _draw(16, 3)
+    for steps in (None, 4):
+        spy = _TableLogits()
+        torch.manual_seed(1)
+        got = dl.masked_diffusion_nll(spy, x0, steps=steps, generator=torch.Generator().manual_seed(8), K=K)
+        g = torch.Generator().manual_seed(8)
+        c, probs = _count_weights(L, steps)
+        m = torch.randint(1, L + 1, (16,), generator=g)
+        u = torch.rand(16, L, generator=g, dtype=torch.float64)
+        kth = u.sort(1).values[torch.arange(16), m - 1]
+        if steps is None:
+            t = kth
+            assert torch.equal(c[m - 1], 1 / m.double())
+        else:
+            t = (torch.multinomial(probs[m - 1], 1, generator=g).squeeze(1) + 1).double() / steps
+        mask = u <= kth[:, None]
+        assert torch.equal(mask.sum(1), m)
+        xt = torch.where(mask, K, x0)
+        logp = torch.log_softmax((spy.W[xt] + spy.P).double(), -1).gather(-1, x0[..., None]).squeeze(-1)
+        want = c[m - 1] * -(logp * mask).sum(1) / math.log(2)
+        (xt_seen, t_seen, _), = spy.calls
+        assert torch.equal(xt_seen, xt) and torch.equal(t_seen, t.float())
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert dl.masked_diffusion_nll(_TableLogits(), x0[:1], generator=torch.Generator().manual_seed(8), K=K).shape == (1,)
+
+    def on(device):
+        W, P = _TableLogits().W.to(device), _TableLogits().P.to(device)
+        return dl.masked_diffusion_nll(lambda xt, t, cond=None: W[xt] + P + 0 * t[:, None, None], x0.to(device),
+                                       steps=4, generator=torch.Generator().manual_seed(9), K=K)
+    out, _ = run_on_device(lambda: on(FAKE))
+    torch.testing.assert_close(to_host(out), on("cpu"), rtol=0, atol=0)
+
+
+def test_k_logits_and_x0_messages_found_by_mutation():
+    """K is named and must be >= 2 (K = 2 works); a model without config['K'] is named by its type; a model's
+    wrong logits are described by their shape or type; a single sequence is not a batch; the generator is checked."""
+    x = _draw(4, 0)
+    spy = _TableLogits()
+    with pytest.raises(ValueError, match=r"without config\['K'\] \(function\)"):
+        dl.masked_diffusion_loss(lambda xt, t, cond=None: spy(xt, t), x)
+    with pytest.raises(ValueError, match=r"K must be an integer in \[2, inf\], got 1"):
+        dl.masked_diffusion_loss(spy, x, K=1)
+    two = dl.masked_diffusion_loss(lambda xt, t, cond=None: torch.zeros(*xt.shape, 2), x % 2, K=2)
+    assert float(two) > 0
+    with pytest.raises(ValueError, match=r"logits of shape \(4, 3, 4\) \(one per data category\), got \(4, 3, 5\)"):
+        dl.masked_diffusion_loss(lambda xt, t, cond=None: torch.zeros(*xt.shape, K + 1), x, K=K)
+    with pytest.raises(ValueError, match=r"logits of shape \(4, 3, 4\) \(one per data category\), got list"):
+        dl.masked_diffusion_loss(lambda xt, t, cond=None: [0.0], x, K=K)
+    with pytest.raises(ValueError, match=r"x0 must be a batch of token sequences \(B, L, ...\), got shape \(3,\)"):
+        dl.masked_diffusion_nll(spy, x[0], K=K)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got str"):
+        dl.masked_diffusion_nll(spy, x, generator="seed", K=K)
