@@ -75,7 +75,7 @@ def _teacher_step(teacher, path, x, t, t_to, cond, prediction, solver):
     return x + h / 2 * (u + velocity(x + h * u, t_to))          # Heun (Karras et al. 2022, Algorithm 1)
 
 
-def _probe_teacher(teacher, path, x, cond, prediction):
+def _probe_teacher(teacher, path, x, cond):
     """Call the teacher once on a few data points at t_max and mid-path: right shape and finite, or ValueError."""
     for t in (path.t_max, (path.t_min + path.t_max) / 2):
         tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
@@ -163,7 +163,7 @@ def consistency_distill(teacher, path, data: torch.Tensor, labels: torch.Tensor 
         raise ValueError(f"solver must be 'heun' or 'euler', got {solver!r}")
     config = _config(config, overrides)
     model, device, x_all, y_all, k = _prepare(data, labels, path, config, model, device, sigma_data)
-    _probe_teacher(teacher, path, x_all[:8], y_all[:8] if y_all is not None else None, prediction)
+    _probe_teacher(teacher, path, x_all[:8], y_all[:8] if y_all is not None else None)
     ts, p, lam = _grid(path, N, p_mean, p_std)
 
     def loss_fn(idx, g):

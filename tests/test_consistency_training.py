@@ -107,6 +107,20 @@ def test_consistency_train_replayed_by_hand(capsys):
         assert losses[k] == pytest.approx(float(loss), rel=1e-9), k
 
 
+def test_grid_weights_follow_the_given_lognormal_and_a_batch_of_one_trains():
+    """_grid's interval probabilities use the given P_mean and P_std (not the defaults) and its weights are
+    1 / (r_{n+1} - r_n); the pseudo-Huber constant c = 0.00054 sqrt(D) reads D from a row, so a batch of one trains."""
+    path = dl.ve_path(0.002, 80.0)
+    ts, p, lam = ct._grid(path, 11, -0.4, 1.3)
+    r = path.sigma(ts) / path.alpha(ts)
+    torch.testing.assert_close(p, _lognormal_p(r, -0.4, 1.3), rtol=1e-12, atol=0)
+    torch.testing.assert_close(lam, 1 / (r[1:] - r[:-1]), rtol=1e-12, atol=0)
+    assert (p - _lognormal_p(r, -0.4)).abs().max() > 1e-3
+    x, _ = _data(torch.float32)
+    _, losses = dl.consistency_train(x, path, steps=1, batch_size=1, progress=False, net=NET)
+    assert len(losses) == 1 and math.isfinite(losses[0])
+
+
 def test_ct_schedule_doubles_from_s0_and_caps_at_s1():
     # N(k) = min(s0 2^floor(k / K'), s1) + 1, K' = max(1, floor(K / (log2 floor(s1 / s0) + 1)))
     assert [ct.ct_schedule(k, 9) for k in range(10)] == [11, 21, 41, 81, 161, 321, 641, 1281, 1281, 1281]
@@ -214,11 +228,12 @@ def test_consistency_distill_replayed_by_hand(solver, dtype):
     assert len(calls) == 3 * per
 
 
-def test_consistency_distill_defaults_and_teacher_messages():
+def test_consistency_distill_defaults_and_teacher_messages(capsys):
     x, _ = _data(torch.float32)
     path = dl.ve_path(0.002, 80.0)
-    model, _ = dl.consistency_distill(_teacher([]), path, x, steps=1, batch_size=4, progress=False, net=NET)
+    model, _ = dl.consistency_distill(_teacher([]), path, x, steps=1, batch_size=4, progress=True, net=NET)
     assert model.sigma_data == 0.5
+    assert re.search(r"(^|\r)consistency_distill: ", capsys.readouterr().err)        # tqdm's label
     seen = []
 
     def stop(d):                         # the config's 2 steps, not the default 4500
