@@ -320,6 +320,11 @@ def test_dpm_solver_defaults_to_20_steps_and_reports_x0_hat():
     assert [c["i"] for c in calls] == list(range(20)) and [c["t"] for c in calls] == dpm_solver_timesteps(100, 20)
     torch.testing.assert_close(calls[-1]["x0_hat"], x)
     assert not torch.allclose(calls[-2]["x0_hat"], calls[-1]["x0_hat"])
+    # x_T is the generator's normal draw, whatever the global RNG holds (issue 17: the generator dropped survived)
+    torch.manual_seed(3)
+    again = dl.dpm_solver_sample(lambda y, t, cond=None: 0.5 * y, s, (3, 2), generator=_gen(62))
+    given = dl.dpm_solver_sample(lambda y, t, cond=None: 0.5 * y, s, (3, 2), x_T=torch.randn(3, 2, generator=_gen(62)))
+    assert torch.equal(again, x) and torch.equal(given, x)
 
 
 # ---- survivors of the mutation run of ode, sde, dpm_solver and discrete (issue 17) -------------------
