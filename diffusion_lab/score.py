@@ -243,7 +243,9 @@ class ScoreMLP(nn.Module):
     r"""A noise-conditional score network for vectors, :math:`s_\theta(x, \sigma) = f_\theta(x, \log\sigma)/\sigma`.
 
     The :math:`1/\sigma` output scaling is Song & Ermon (2020, Sec. 3.3): :math:`f_\theta` then predicts
-    :math:`-z`, a target of unit scale at every level.
+    :math:`-z`, a target of unit scale at every level. The level enters as the sinusoidal embedding of
+    :math:`100\log\sigma` (the range of DDPM's timesteps, so that levels a few percent apart get distinct
+    embeddings); a saved checkpoint depends on this factor.
 
     Parameters
     ----------

@@ -540,6 +540,18 @@ def test_score_mlp_defaults_and_checkpoint_layout():
     assert [type(m).__name__ for m in net.out] == ["LayerNorm", "SiLU", "Linear"]
 
 
+def test_score_mlp_embeds_100_log_sigma(monkeypatch):
+    """The documented embedding input 100 log sigma, which saved checkpoints depend on (issue 17: the factor
+    changed to / 100 or * 101 survived every other test)."""
+    from diffusion_lab import score as score_module
+    seen = []
+    real = score_module.timestep_embedding
+    monkeypatch.setattr(score_module, "timestep_embedding", lambda t, dim: seen.append(t) or real(t, dim))
+    sigma = torch.tensor([0.01, 0.5, 1.0, 50.0])
+    dl.ScoreMLP()(torch.zeros(4, 2), sigma)
+    torch.testing.assert_close(seen[0], 100 * torch.log(sigma), rtol=1e-6, atol=1e-6)
+
+
 def test_score_mlp_output_in_x_dtype_for_a_float64_sigma():
     # sigma is cast to x's dtype: a float64 sigma tensor with float32 data must not make the score float64
     # (annealed Langevin would then carry x in float64, which MPS cannot).
