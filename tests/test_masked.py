@@ -544,8 +544,10 @@ def test_nll_replayed_by_hand_on_the_cpu_and_the_device():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert dl.masked_diffusion_nll(_TableLogits(), x0[:1], generator=torch.Generator().manual_seed(8), K=K).shape == (1,)
 
+    table = _TableLogits()
+
     def on(device):
-        W, P = _TableLogits().W.to(device), _TableLogits().P.to(device)
+        W, P = table.W.to(device), table.P.to(device)
         return dl.masked_diffusion_nll(lambda xt, t, cond=None: W[xt] + P + 0 * t[:, None, None], x0.to(device),
                                        steps=4, generator=torch.Generator().manual_seed(9), K=K)
     out, _ = run_on_device(lambda: on(FAKE))
